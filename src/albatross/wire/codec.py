@@ -523,6 +523,8 @@ def enc_command(c: Cmd) -> bytes:
 
 def dec_command(r: Reader) -> Cmd:
     group, inner = _expect_choice(r, "command")
+    if group == 2:
+        raise DecodeError("support for log dropped")
     n, x = _expect_choice(inner, "command")
     inner.finish("command")
     what = "command"
