@@ -1,0 +1,281 @@
+"""albatross-console: reads unikernel console fifos, keeps ring buffers and
+streams lines to subscribers (behaviour.md §3, wire.md §5.3).
+
+All state lives in :class:`~.console_core.ConsoleState`; this module only
+does the I/O: the listening socket, the fifos (non-blocking, via
+``loop.add_reader``) and the subscriber connections.  Writes to subscribers
+never block the daemon: a subscriber whose unsent output exceeds
+:data:`MAX_PENDING` bytes is dropped like one whose write failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import click
+
+from ..core import Ptime
+from ..errors import AlbatrossError
+from ..policy.names import Name
+from ..wire import Header, Wire, encode_wire, frame
+from ..wire import messages as m
+from .common import Conn, StartupError, daemon_options, sd_notify, service_socket, setup_logging
+from .console_core import LINE_LIMIT, ConsoleState, LineSplitter, Ring
+
+log = logging.getLogger("albatross.console")
+
+#: the largest request accepted on console.sock (requests are tiny)
+MAX_REQUEST = 64 * 1024
+#: unsent bytes a subscriber may have before it is dropped as too slow
+MAX_PENDING = 1 << 20
+#: bytes taken from a fifo per wake-up (split in 512-byte pieces like upstream)
+READ_SIZE = 32 * LINE_LIMIT
+
+CLI_ERROR = 124
+
+
+class Subscriber:
+    """One subscribed client connection."""
+
+    __slots__ = ("conn", "version", "closed")
+
+    def __init__(self, conn: Conn, version: int):
+        self.conn = conn
+        self.version = version
+        self.closed = False
+
+    def send(self, data: bytes) -> bool:
+        """Queue a framed message; False if the subscriber is gone or too slow."""
+        if self.closed:
+            return False
+        transport = self.conn.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > MAX_PENDING:
+            return False
+        try:
+            self.conn.writer.write(data)
+        except (OSError, RuntimeError):
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.close()
+
+
+def data_frame(name: Name, version: int, ts: Ptime, line: bytes) -> bytes:
+    return frame(encode_wire(Wire(Header(name, 0, version), m.ConsoleData(ts, line))))
+
+
+class FifoReader:
+    """Reads one unikernel's fifo until EOF, feeding the state."""
+
+    def __init__(self, daemon: "ConsoleDaemon", name: Name, fd: int, ring: Ring):
+        self.daemon = daemon
+        self.name = name
+        self.fd = fd
+        self.ring = ring
+        self.splitter = LineSplitter()
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(fd, self._readable)  # raises for non-pollable files
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.error("%s error while reading: %s", self.name, e)
+            self.stop()
+            return
+        if not data:
+            log.debug("%s end of file while reading", self.name)
+            self.stop()
+            return
+        lines = self.splitter.feed_chunked(data)
+        if lines:
+            self.daemon.output(self.name, self.ring, lines)
+
+    def stop(self) -> None:
+        if self.fd < 0:
+            return
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+        self.daemon.fifo_finished(self)
+
+
+class ConsoleDaemon:
+    def __init__(self, tmpdir: str, max_subscribers: int = 5):
+        self.tmpdir = tmpdir
+        self.state: ConsoleState[Subscriber] = ConsoleState(max_subscribers, log.info)
+        self.readers: dict[Name, FifoReader] = {}
+
+    # -- fifos -------------------------------------------------------------------
+    def fifo_path(self, name: Name) -> str:
+        return os.path.join(self.tmpdir, "fifo", name.fifo_file())
+
+    def add(self, name: Name, n: int) -> m.Reply | m.Failure:
+        path = self.fifo_path(name)
+        log.debug("opening %s for reading", path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            log.error("%s error in open: %s", path, e.strerror)
+            return m.Failure("opening")
+        ring, to_close = self.state.add(name, n)
+        for sub in to_close:
+            sub.close()
+        try:
+            reader = FifoReader(self, name, fd, ring)
+        except (OSError, ValueError) as e:
+            log.error("%s cannot be polled: %s", path, e)
+            os.close(fd)
+            self.state.finished(name)
+            return m.Failure("opening")
+        old = self.readers.get(name)
+        self.readers[name] = reader
+        if old is not None:
+            old.stop()  # the previous tender's fifo; the new one is active
+        return m.Empty()
+
+    def fifo_finished(self, reader: FifoReader) -> None:
+        if self.readers.get(reader.name) is reader:
+            del self.readers[reader.name]
+            self.state.finished(reader.name)
+
+    def output(self, name: Name, ring: Ring, lines: list[bytes]) -> None:
+        now = Ptime.now()
+        subs = self.state.output(name, ring, lines, now)
+        frames: dict[int, list[bytes]] = {}
+        for version, sub in subs:
+            data = frames.get(version)
+            if data is None:
+                data = frames[version] = [data_frame(name, version, now, line) for line in lines]
+            if not sub.send(b"".join(data)):
+                log.info("dropping subscriber of %s (write failed or too slow)", name)
+                sub.close()
+                self.state.unsubscribe(name, sub)
+
+    # -- connections ----------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Conn(reader, writer, max_size=MAX_REQUEST)
+        log.info("handling connection")
+        try:
+            await self._serve(conn)
+        except (ConnectionError, OSError) as e:
+            log.info("connection error: %s", e)
+        finally:
+            conn.close()
+            log.info("disconnected")
+
+    async def _serve(self, conn: Conn) -> None:
+        while True:
+            try:
+                w = await conn.read_wire()
+            except AlbatrossError as e:
+                log.error("bad message, closing the connection: %s", e.message)
+                return
+            if w is None:
+                return
+            p, name = w.payload, w.header.name
+            if not isinstance(p, (m.ConsoleAdd, m.ConsoleSubscribe, m.ConsoleListInactive)):
+                log.error("unexpected wire %s", type(p).__name__)
+                return
+            if isinstance(p, m.ConsoleListInactive):
+                reply = m.Failure("name used") if name.label is not None else \
+                    m.Consoles(tuple(self.state.list_inactive(name.path)))
+                await conn.write_wire(Wire(w.header, reply))
+                return
+            if name.label is None:
+                await conn.write_wire(Wire(w.header, m.Failure("path used instead of name")))
+                return
+            if isinstance(p, m.ConsoleAdd):
+                await conn.write_wire(Wire(w.header, self.add(name, p.max_unikernels)))
+                continue
+            await self._subscribe(conn, w.header, p)
+            return
+
+    async def _subscribe(self, conn: Conn, header: Header, cmd: m.ConsoleSubscribe) -> None:
+        name, version = header.name, header.version
+        sub = Subscriber(conn, version)
+        res = self.state.subscribe(name, version, sub, cmd.since, cmd.count)
+        for old in res.to_close:
+            old.close()
+        try:
+            if sub.closed:  # upstream may drop the new subscriber itself
+                return
+            await conn.write_wire(Wire(header, m.String(res.reply)))
+            for i, (ts, line) in enumerate(res.history):
+                conn.writer.write(data_frame(name, version, ts, line))
+                if i % 64 == 63:
+                    await conn.writer.drain()
+            await conn.writer.drain()
+            # live lines flow from the fifo readers; any input ends the subscription
+            try:
+                await conn.read_frame()
+            except AlbatrossError:
+                pass
+        finally:
+            self.state.unsubscribe(name, sub)
+            sub.close()
+
+
+async def serve(tmpdir: str, systemd: bool, max_subscribers: int,
+                ready: asyncio.Event | None = None) -> None:
+    daemon = ConsoleDaemon(tmpdir, max_subscribers)
+    sock = service_socket(tmpdir, "console", systemd)
+    server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=MAX_REQUEST)
+    sd_notify("READY=1")
+    if ready is not None:
+        ready.set()
+    async with server:
+        await server.serve_forever()
+
+
+def run_cli(command: click.Command, argv: list[str] | None) -> None:
+    """Run a daemon's click command with cmdliner-like exit codes."""
+    try:
+        command.main(args=argv, standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(CLI_ERROR)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(0)
+    except StartupError as e:
+        print(f"albatross: {e.message}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _max_subscribers(_ctx, _param, value: int) -> int:
+    if value < 1:
+        raise click.BadParameter("max subscribers must be greater than or equal to 1")
+    return value
+
+
+@click.command("albatross-console")
+@daemon_options
+@click.option("--max-subscribers", type=int, default=5, show_default=True, callback=_max_subscribers,
+              help="Maximum subscribers per unikernel console.")
+@click.option("--influx", default=None, metavar="HOST[:PORT]", help="Report own metrics (not implemented).")
+def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, max_subscribers: int,
+            influx: str | None) -> None:
+    """Reads unikernel consoles, keeps the last 1024 lines of each and streams them."""
+    setup_logging("albatross-console", verbosity, use_syslog)
+    if influx:
+        log.warning("--influx (own metrics) is not implemented, ignored")
+    asyncio.run(serve(tmpdir, systemd, max_subscribers))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(command, argv)
+
+
+if __name__ == "__main__":
+    main()
