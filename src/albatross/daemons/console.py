@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import sys
 
 import click
@@ -125,6 +126,10 @@ class ConsoleDaemon:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             log.error("%s error in open: %s", path, e.strerror)
+            return m.Failure("opening")
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            log.error("%s is not a fifo", path)
+            os.close(fd)
             return m.Failure("opening")
         ring, to_close = self.state.add(name, n)
         for sub in to_close:
