@@ -175,9 +175,12 @@ class StatsDaemon:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.serve_conn(Conn(reader, writer, max_size=MAX_REQUEST))
 
-    def tick(self) -> int:
+    async def tick(self) -> int:
         """One sampling round; returns the number of messages sent."""
-        links = self.links.dump() if any(r.nics for r in self.state.units.values()) else {}
+        links: dict = {}
+        if any(r.nics for r in self.state.units.values()):
+            # pyroute2's synchronous API refuses to run inside an event loop
+            links = await asyncio.to_thread(self.links.dump)
         outs, _dropped = self.state.tick(make_sampler(links))
         sent = 0
         for peer, w in outs:
@@ -196,7 +199,7 @@ class StatsDaemon:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             next_at += self.interval
             try:
-                self.tick()
+                await self.tick()
             except Exception:  # noqa: BLE001 - one bad round must not stop sampling
                 log.exception("statistics round failed")
 
@@ -263,6 +266,7 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, interv
             gather_bhyve_stats: bool, influx: str | None) -> None:
     """Statistics collection of unikernels."""
     setup_logging("albatross-stats", verbosity, use_syslog)
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if gather_bhyve_stats and platform.system() != "FreeBSD":
         log.warning("--gather-bhyve-stats only works on FreeBSD, ignored")
     if influx:
