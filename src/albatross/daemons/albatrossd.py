@@ -1,0 +1,790 @@
+"""albatrossd: the privileged daemon that creates and supervises unikernels.
+
+This is the asyncio shell around :mod:`.vmmd_core`: it owns the sockets,
+the tender processes, the files (images, fifos, block devices, the state
+file) and the tap devices, executes the core's effects and feeds results
+back (behaviour.md §2, wire.md §5.2).
+
+A single :class:`asyncio.Lock` serialises command evaluation, unikernel
+creation (including the console and stats round trips) and exit handling,
+as upstream's ``create_lock``; waiting for a unikernel to exit happens
+outside of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass
+
+import click
+
+from ..core import Ptime, UnikernelConfig
+from ..errors import AlbatrossError, DecodeError, FrameError
+from ..policy.names import ROOT, Name, path_of_string
+from ..solo5 import elf, taps as taps_mod, tender as tender_mod
+from ..wire import messages as m
+from ..wire.framing import END
+from ..wire.messages import Header, Wire
+from ..wire.state import State, decode_state, encode_state
+from . import host
+from . import vmmd_core as V
+from .common import (
+    Conn, StartupError, daemon_options, default_dbdir, open_unix, sd_notify, service_socket,
+    setup_logging, socket_path,
+)
+from .vmmd_core import ExitStatus, Spawned, Vmmd
+
+log = logging.getLogger("albatross.vmmd")
+
+CHUNK = 4096
+CONSOLE_FAILED = "could not create unikernel: console failed"
+CLI_ERROR = 124
+
+
+class CreateError(AlbatrossError):
+    """Preparing or starting a unikernel failed; the message is the failure reply."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    tmpdir: str
+    dbdir: str
+    drop_path: bool = True
+
+    def image_path(self, name: Name) -> str:
+        return os.path.join(self.tmpdir, name.image_file())
+
+    def fifo_path(self, name: Name) -> str:
+        return os.path.join(self.tmpdir, "fifo", name.fifo_file())
+
+    def block_path(self, name: Name) -> str:
+        return os.path.join(self.dbdir, "block", name.to_string())
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.dbdir, "state")
+
+
+@dataclass
+class Prepared:
+    tender: str
+    abi_version: int
+    digest: bytes
+    taps: list[str]
+
+
+# --------------------------------------------------------------------------
+# State file
+# --------------------------------------------------------------------------
+
+def write_state(dbdir: str, state: State) -> None:
+    """Write ``dbdir/state`` crash-safely, keeping the previous one as ``state.bak``.
+
+    The new content goes to a temporary file which is fsynced; the old state
+    is hard-linked to ``state.bak`` (so ``state`` never disappears) and the
+    temporary file is renamed over ``state``; finally the directory is fsynced.
+    A crash at any point leaves ``state`` holding the old or the new content.
+    """
+    data = encode_state(state)
+    path = os.path.join(dbdir, "state")
+    fd, tmp = tempfile.mkstemp(prefix="state.", suffix=".tmp", dir=dbdir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        if os.path.exists(path):
+            bak_tmp = tmp + ".bak"
+            os.link(path, bak_tmp)
+            os.replace(bak_tmp, os.path.join(dbdir, "state.bak"))
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, tmp + ".bak"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+        raise
+    dfd = os.open(dbdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_state(dbdir: str) -> State | None:
+    """The stored state; None if there is none; AlbatrossError if unreadable."""
+    try:
+        with open(os.path.join(dbdir, "state"), "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise AlbatrossError(f"while reading state: {e}") from None
+    try:
+        return decode_state(data)
+    except AlbatrossError as e:
+        raise AlbatrossError(f"couldn't parse state: {e.message}") from None
+
+
+def backup_state(dbdir: str) -> None:
+    src = os.path.join(dbdir, "state")
+    if os.path.exists(src):
+        try:
+            shutil.copyfile(src, os.path.join(dbdir, "state.started"))
+            log.info("backing up state to state.started")
+        except OSError as e:
+            log.error("backing up state failed: %s", e)
+
+
+# --------------------------------------------------------------------------
+# Preparing and freeing system resources (blocking; run in a thread)
+# --------------------------------------------------------------------------
+
+def _image_of(config: UnikernelConfig) -> bytes:
+    if not config.compressed:
+        return config.image
+    try:
+        return zlib.decompress(config.image)
+    except zlib.error as e:
+        raise CreateError(f"failed to uncompress: {e}") from None
+
+
+def make_fifo(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        old = os.umask(0)
+        os.umask(old & 0o707)
+        try:
+            os.mkfifo(path, 0o640)
+        finally:
+            os.umask(old)
+        return
+    if not stat.S_ISFIFO(st.st_mode):
+        raise CreateError(f"file {path} exists and is not a fifo")
+
+
+def free_system_resources(settings: Settings, name: Name, taps: list[str] | tuple[str, ...]) -> None:
+    """Delete image and fifo, destroy the taps; raises CreateError listing what failed."""
+    problems = []
+    for path in (settings.image_path(name), settings.fifo_path(name)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            problems.append(f"failed to remove {path}: {e.strerror}")
+    for tap in taps:
+        try:
+            taps_mod.destroy_tap(tap)
+        except AlbatrossError as e:
+            problems.append(e.message)
+    if problems:
+        raise CreateError(", ".join(problems))
+
+
+def prepare(settings: Settings, name: Name, config: UnikernelConfig) -> Prepared:
+    """Image, tender, manifest, bridges, fifo and taps for a Solo5 unikernel (§2.4 step 3)."""
+    if config.typ != "solo5":
+        raise CreateError("BHyve virtual machines are only supported on FreeBSD")
+    try:
+        image = _image_of(config)
+        digest = hashlib.sha256(image).digest()
+        abi = elf.query_abi(image)
+        tender = tender_mod.find_tender(abi.target, abi.version, settings.dbdir)
+        tender_mod.check_tender_version(tender, abi.version)
+        elf.check_manifest(elf.query_manifest(image), config)
+    except elf.Solo5Error as e:
+        raise CreateError(e.message) from None
+    with open(settings.image_path(name), "wb") as fh:
+        fh.write(image)
+    created: list[str] = []
+    try:
+        for bridge in config.host_bridges():
+            if not taps_mod.bridge_exists(bridge):
+                raise CreateError(f"interface {bridge} does not exist")
+        make_fifo(settings.fifo_path(name))
+        for bridge in config.host_bridges():
+            created.append(taps_mod.create_tap(bridge))
+    except (AlbatrossError, OSError) as e:
+        try:
+            free_system_resources(settings, name, created)
+        except CreateError as e2:
+            log.error("cleanup after failed prepare: %s", e2.message)
+        raise CreateError(e.message if isinstance(e, AlbatrossError) else str(e)) from None
+    return Prepared(tender, abi.version, digest, created)
+
+
+def spawn_tender(argv: list[str], fifo: str) -> int:
+    """Spawn ``argv`` with stdin, stdout and stderr all on the fifo opened write-only.
+
+    The console has the fifo open for reading already (console add came
+    first), so opening does not block; without a reader it fails (ENXIO).
+    The tender gets a blocking descriptor, as upstream's.
+    """
+    fd = os.open(fifo, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        return os.posix_spawn(
+            argv[0], argv, os.environ,
+            file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_DUP2, fd, 1),
+                          (os.POSIX_SPAWN_DUP2, fd, 2)],
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
+            setsigmask=(),
+        )
+    finally:
+        os.close(fd)
+
+
+def status_of_wait(status: int) -> ExitStatus:
+    if os.WIFEXITED(status):
+        return ExitStatus("exit", os.WEXITSTATUS(status))
+    if os.WIFSIGNALED(status):
+        return ExitStatus("signal", os.WTERMSIG(status))
+    if os.WIFSTOPPED(status):
+        return ExitStatus("stop", os.WSTOPSIG(status))
+    return ExitStatus("exit", 23)
+
+
+# --------------------------------------------------------------------------
+# Block device files (blocking; small and done under the lock like upstream)
+# --------------------------------------------------------------------------
+
+def _block_dir(settings: Settings) -> str:
+    d = os.path.join(settings.dbdir, "block")
+    if not os.path.isdir(d):
+        os.mkdir(d, 0o700)
+    return d
+
+
+def create_block_file(settings: Settings, name: Name, size: int, data: bytes | None = None,
+                      exclusive: bool = True) -> None:
+    _block_dir(settings)
+    path = settings.block_path(name)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CreateError("file already exists") from None
+    try:
+        if data:
+            os.write(fd, data)
+        os.ftruncate(fd, V.bytes_of_mb(size))
+    finally:
+        os.close(fd)
+
+
+def remove_block_file(settings: Settings, name: Name) -> None:
+    try:
+        os.unlink(settings.block_path(name))
+    except FileNotFoundError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# The daemon
+# --------------------------------------------------------------------------
+
+class Daemon:
+    def __init__(self, settings: Settings, core: Vmmd, console: Conn):
+        self.settings = settings
+        self.core = core
+        self.console = console
+        self.stats: Conn | None = None
+        self.lock = asyncio.Lock()
+        self.futures: dict[int, asyncio.Future] = {}
+        self.server: asyncio.base_events.Server | None = None
+        self.done = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+        self.taskset = shutil.which("taskset") or "taskset"
+        self.shutting_down = False
+
+    def spawn_task(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- round trips with console and stats ----------------------------------------
+    @staticmethod
+    async def _round_trip(conn: Conn, request: Wire) -> str | None:
+        """Send ``request``, await the reply with the same sequence; None or an error text."""
+        try:
+            await conn.write_wire(request)
+            reply = await conn.read_wire()
+        except (OSError, AlbatrossError) as e:
+            return f"communication failure: {e}"
+        if reply is None:
+            return "communication failure"
+        if reply.header.sequence != request.header.sequence:
+            return "wrong sequence number received"
+        if isinstance(reply.payload, m.Failure):
+            return reply.payload.message
+        if not isinstance(reply.payload, m.Reply):
+            return "unexpected data"
+        return None
+
+    async def send_stats(self, wire: Wire) -> None:
+        if self.stats is None:
+            log.info("ignoring stat %s", type(wire.payload).__name__)
+            return
+        err = await self._round_trip(self.stats, wire)
+        if err is not None:
+            log.error("error while writing to stats: %s", err)
+            self.stats.close()
+            self.stats = None
+
+    # -- effects --------------------------------------------------------------------------
+    async def run(self, effects: list[V.Effect], conn: Conn | None = None) -> list[V.Effect]:
+        """Carry out effects (caller holds the lock); returns those needing the lock released."""
+        later: list[V.Effect] = []
+        for eff in effects:
+            if isinstance(eff, V.Reply):
+                if conn is not None:
+                    await self.write(conn, eff.wire)
+            elif isinstance(eff, V.DumpState):
+                self.dump(eff.state)
+            elif isinstance(eff, V.PrepareAndSpawn):
+                reply = await self.create(eff)
+                if conn is not None and eff.reply is not None:
+                    await self.write(conn, Wire(eff.reply, reply))
+            elif isinstance(eff, V.Kill):
+                self.kill(eff.name, eff.pid)
+            elif isinstance(eff, V.AwaitExit):
+                self.futures[eff.waiter] = asyncio.get_running_loop().create_future()
+                later.append(eff)
+            elif isinstance(eff, V.Cleanup):
+                await self.cleanup(eff)
+            elif isinstance(eff, V.StatsMessage):
+                await self.send_stats(eff.wire)
+            elif isinstance(eff, V.Wake):
+                fut = self.futures.pop(eff.waiter, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(eff.status)
+            elif isinstance(eff, V.RestartDecision):
+                self.spawn_task(self.restart_handler(eff))
+            elif isinstance(eff, V.AdoptStats):
+                if self.stats is not None:
+                    self.stats.close()
+                self.stats = conn
+                if conn is not None:
+                    await self.write(conn, eff.reply)
+                for w in eff.messages:
+                    await self.send_stats(w)
+            elif isinstance(eff, V.BlockIO):
+                if eff.op in ("recv", "send"):
+                    later.append(eff)
+                else:
+                    await self.run(self.block_io(eff), conn)
+            elif isinstance(eff, V.Loop):
+                later.append(eff)
+        return later
+
+    @staticmethod
+    async def write(conn: Conn, wire: Wire) -> None:
+        try:
+            await conn.write_wire(wire)
+        except (OSError, AlbatrossError) as e:
+            log.warning("failed to write reply: %s", e)
+
+    def dump(self, state: State) -> None:
+        try:
+            write_state(self.settings.dbdir, state)
+            log.info("dumped current state")
+        except (OSError, AlbatrossError) as e:
+            log.error("failed to dump unikernels: %s", e)
+
+    def kill(self, name: Name, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError as e:
+            log.warning("kill of %s failed: %s", name.pretty(), e.strerror)
+
+    async def cleanup(self, eff: V.Cleanup) -> None:
+        try:
+            await asyncio.to_thread(free_system_resources, self.settings, eff.name, eff.taps)
+        except CreateError as e:
+            log.error("%s while shutdown unikernel %s", e.message, eff.name.pretty())
+
+    # -- create ----------------------------------------------------------------------------
+    async def create(self, eff: V.PrepareAndSpawn) -> m.Reply | m.Failure:
+        """Create a unikernel (lock held); returns the reply payload."""
+        name, config = eff.name, eff.config
+        try:
+            self.core.check_create(name, config)
+        except AlbatrossError as e:
+            log.error("failed to create %s: %s", name.pretty(), e.message)
+            return m.Failure(e.message)
+        try:
+            prepared = await asyncio.to_thread(prepare, self.settings, name, config)
+        except (AlbatrossError, OSError) as e:
+            self.core.create_failed(name)
+            msg = e.message if isinstance(e, AlbatrossError) else str(e)
+            log.error("failed to create %s: %s", name.pretty(), msg)
+            return m.Failure(msg)
+        err = await self._round_trip(self.console, self.core.console_add(name))
+        if err is not None:
+            log.error("console add for %s failed: %s", name.pretty(), err)
+            return await self._create_failed(name, prepared)
+        try:
+            self.core.recheck(name, config)
+            pid = await self._exec(name, config, prepared)
+        except (AlbatrossError, OSError) as e:
+            log.error("create (exec) failed %s", e)
+            return await self._create_failed(name, prepared)
+        macs = tender_mod.macs_in_use(name, config)
+        proc = Spawned(pid, tuple(zip(prepared.taps, macs)), prepared.digest, Ptime.now())
+        watch = self._watch(pid)
+        try:
+            effects = self.core.created(name, config, proc, eff.needs_dump)
+        except AlbatrossError as e:
+            log.error("create (accounting) failed %s", e.message)
+            self.kill(name, pid)
+            await watch
+            return await self._create_failed(name, prepared)
+        log.info("created %s: pid %d", name.pretty(), pid)
+        await self.run(effects)
+        self.spawn_task(self.exit_watcher(name, watch))
+        return m.String("created unikernel")
+
+    async def _exec(self, name: Name, config: UnikernelConfig, prepared: Prepared) -> int:
+        await asyncio.to_thread(tender_mod.check_tender_version, prepared.tender, prepared.abi_version)
+        argv = tender_mod.tender_argv(
+            name=name, config=config, tender=prepared.tender, taskset=self.taskset,
+            image_path=self.settings.image_path(name), taps=prepared.taps, dbdir=self.settings.dbdir,
+            drop_path=self.settings.drop_path)
+        log.debug("executing %s", " ".join(argv))
+        fifo = self.settings.fifo_path(name)
+        return spawn_tender(argv, fifo)
+
+    async def _create_failed(self, name: Name, prepared: Prepared) -> m.Failure:
+        self.core.create_failed(name)
+        try:
+            await asyncio.to_thread(free_system_resources, self.settings, name, prepared.taps)
+        except CreateError as e:
+            return m.Failure(f"{CONSOLE_FAILED}, and also {e.message} while cleaning resources")
+        return m.Failure(CONSOLE_FAILED)
+
+    # -- exits -------------------------------------------------------------------------------
+    def _watch(self, pid: int) -> asyncio.Future:
+        """A future resolving to the ExitStatus of ``pid`` (reaped through a pidfd)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+        pidfd = os.pidfd_open(pid)
+
+        def ready() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            try:
+                _, status = os.waitpid(pid, 0)
+                result = status_of_wait(status)
+            except ChildProcessError:
+                result = ExitStatus("exit", 23)
+            if not fut.done():
+                fut.set_result(result)
+
+        loop.add_reader(pidfd, ready)
+        return fut
+
+    async def exit_watcher(self, name: Name, watch: asyncio.Future) -> None:
+        status = await watch
+        async with self.lock:
+            await self.run(self.core.on_exit(name, status))
+
+    async def restart_handler(self, eff: V.RestartDecision) -> None:
+        async with self.lock:
+            await self.run(self.core.decide_restart(eff.name, eff.config, eff.status))
+
+    # -- block I/O ---------------------------------------------------------------------------
+    def block_io(self, io: V.BlockIO) -> list[V.Effect]:
+        """Create / remove / overwrite / read a block file (lock held)."""
+        data = None
+        try:
+            if io.op == "create":
+                create_block_file(self.settings, io.name, io.size, io.data)
+            elif io.op == "remove":
+                remove_block_file(self.settings, io.name)
+            elif io.op == "write":
+                remove_block_file(self.settings, io.name)
+                create_block_file(self.settings, io.name, io.size, io.data)
+            elif io.op == "read":
+                with open(self.settings.block_path(io.name), "rb") as fh:
+                    data = fh.read()
+        except CreateError as e:
+            return self.core.block_done(io, e.message)
+        except OSError as e:
+            return self.core.block_done(io, f"{e.strerror or e} ({self.settings.block_path(io.name)})")
+        return self.core.block_done(io, None, data)
+
+    async def receive_block(self, conn: Conn, io: V.BlockIO) -> None:
+        """Block set: the device was erased; write the streamed chunks, then reply."""
+        limit = V.bytes_of_mb(io.size)
+        error: str | None = None
+        inflater = zlib.decompressobj() if io.compressed else None
+        path = self.settings.block_path(io.name)
+        written = 0
+        try:
+            remove_block_file(self.settings, io.name)
+            create_block_file(self.settings, io.name, 0)
+            fh = open(path, "r+b")
+        except (OSError, AlbatrossError) as e:
+            await self.write(conn, Wire(io.reply, m.Failure(str(e))))
+            return
+        with fh:
+            while True:
+                try:
+                    chunk = await conn.read_frame()
+                except FrameError as e:
+                    error = error or e.message
+                    break
+                if chunk is None:
+                    error = error or "error while reading stream"
+                    break
+                if chunk is END:
+                    break
+                if error is not None:
+                    continue
+                try:
+                    data = inflater.decompress(chunk) if inflater else chunk
+                    if written + len(data) > limit:
+                        error = "stream exceeds size"
+                        continue
+                    fh.write(data)
+                    written += len(data)
+                except (zlib.error, OSError):
+                    error = "error writing to file descriptor"
+            if error is None and inflater is not None and not inflater.eof:
+                error = "error writing to file descriptor"
+            try:
+                fh.truncate(limit)
+            except OSError:
+                error = error or "error writing to file descriptor"
+        reply = m.Failure(error) if error else m.String("set block device")
+        await self.write(conn, Wire(io.reply, reply))
+
+    async def send_block(self, conn: Conn, io: V.BlockIO) -> None:
+        """Block dump: success, data chunks, end of data (and a failure if reading failed)."""
+        try:
+            fh = open(self.settings.block_path(io.name), "rb")
+        except OSError as e:
+            await self.write(conn, Wire(io.reply, m.Failure(f"dump block: {e.strerror}")))
+            return
+        await self.write(conn, Wire(io.reply, m.BlockDeviceImage(io.level != 0)))
+        comp = zlib.compressobj(io.level) if io.level else None
+        error = None
+        with fh:
+            try:
+                while True:
+                    piece = fh.read(CHUNK)
+                    if not piece:
+                        break
+                    out = comp.compress(piece) if comp else piece
+                    if out:
+                        await conn.write_wire(Wire(io.reply, m.BlockData(out)))
+                if comp:
+                    tail = comp.flush()
+                    if tail:
+                        await conn.write_wire(Wire(io.reply, m.BlockData(tail)))
+            except OSError as e:
+                error = str(e)
+        await self.write(conn, Wire(io.reply, m.BlockData(None)))
+        if error:
+            await self.write(conn, Wire(io.reply, m.Failure(error)))
+
+    # -- connections ----------------------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Conn(reader, writer)
+        retain = False
+        try:
+            retain = await self._serve(conn)
+        except Exception:  # noqa: BLE001 - one broken connection must not stop the daemon
+            log.exception("error while handling a connection")
+        finally:
+            if not retain:
+                conn.close()
+
+    async def _serve(self, conn: Conn) -> bool:
+        """Serve commands on ``conn``; True if it became the stats channel."""
+        while True:
+            try:
+                w = await conn.read_wire()
+            except (DecodeError, FrameError) as e:
+                log.error("bad request: %s", e.message)
+                await self.write(conn, Wire(Header(ROOT), m.Failure(f"bad request: {e.message}")))
+                return False
+            if w is None:
+                return False
+            if self.shutting_down:
+                await self.write(conn, Wire(w.header, m.Failure("albatrossd is shutting down")))
+                return False
+            async with self.lock:
+                later = await self.run(self.core.handle_command(w.header, w.payload), conn)
+                if self.stats is conn:
+                    return True
+            if not any(isinstance(e, V.Loop) for e in later):
+                for eff in later:
+                    await self._after_lock(conn, eff)
+                return False
+
+    async def _after_lock(self, conn: Conn, eff: V.Effect) -> None:
+        if isinstance(eff, V.AwaitExit):
+            status = await self.futures[eff.waiter]
+            if eff.then == "destroy":
+                await self.run(self.core.destroy_done(eff.reply, status), conn)
+            else:
+                async with self.lock:
+                    await self.run([eff.then], conn)
+        elif isinstance(eff, V.BlockIO) and eff.op == "recv":
+            await self.receive_block(conn, eff)
+        elif isinstance(eff, V.BlockIO) and eff.op == "send":
+            await self.send_block(conn, eff)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def restore(self, unikernels: list[tuple[Name, UnikernelConfig]]) -> None:
+        for name, config in V.startup_order(unikernels):
+            async with self.lock:
+                reply = await self.create(V.PrepareAndSpawn(name, config, True, None))
+            if isinstance(reply, m.Failure):
+                log.error("failed to restart %s: %s", name.pretty(), reply.message)
+
+    async def shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.info("shutting down")
+        async with self.lock:
+            if self.server is not None:
+                self.server.close()
+            effects, idents = self.core.shutdown()
+            loop = asyncio.get_running_loop()
+            waits = []
+            for ident in idents:
+                self.futures[ident] = loop.create_future()
+                waits.append(self.futures[ident])
+            await self.run(effects)
+        if waits:
+            await asyncio.gather(*waits)
+        # let the exit handlers (cleanup of taps, image, fifo) finish
+        async with self.lock:
+            pass
+        self.done.set()
+
+
+# --------------------------------------------------------------------------
+# Start-up
+# --------------------------------------------------------------------------
+
+async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, UnikernelConfig]],
+                systemd: bool) -> None:
+    console_path = socket_path(settings.tmpdir, "console")
+    try:
+        console = await open_unix(console_path)
+    except OSError:
+        raise StartupError(f"Failed to connect to {console_path}, is albatross-console started?") from None
+    daemon = Daemon(settings, core, console)
+    try:
+        sock = service_socket(settings.tmpdir, "vmmd", systemd)
+    except OSError as e:
+        raise StartupError(f"unable to create server socket {socket_path(settings.tmpdir, 'vmmd')}: {e}") from None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: daemon.spawn_task(daemon.shutdown()))
+    await daemon.restore(unikernels)
+    daemon.server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=1 << 20)
+    sd_notify("READY=1")
+    await daemon.done.wait()
+
+
+def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd, list]:
+    """Steps 2-8 of behaviour.md §2.2 (no sockets yet)."""
+    core = Vmmd.create(zvol_path)
+    for msg in core.init_block_devices(host.scan_block_devices(settings.dbdir)):
+        log.error("%s", msg)
+    try:
+        host.check_commands()
+        root = host.root_policy(settings.dbdir)
+    except host.HostError as e:
+        raise StartupError(e.message) from None
+    logging.getLogger("albatross").log(logging.WARNING + 5, "root policy: %s", root.describe())
+    try:
+        state = read_state(settings.dbdir)
+    except AlbatrossError as e:
+        raise StartupError(f"bailing out: {e.message}") from None
+    if state is None:
+        log.warning("no state dump found, starting with no unikernels")
+        state = State()
+    else:
+        log.info("restored %d unikernels and %d policies", len(state.unikernels), len(state.policies))
+        backup_state(settings.dbdir)
+    try:
+        for w in core.restore_policies(list(state.policies), root):
+            log.warning("%s", w)
+    except AlbatrossError as e:
+        raise StartupError(e.message) from None
+    return core, list(state.unikernels)
+
+
+@click.command("albatrossd")
+@daemon_options
+@click.option("--dbdir", default=None, metavar="DIR", help="Database directory (default /var/lib/albatross).")
+@click.option("--no-drop-path", is_flag=True,
+              help="Do not drop the unikernel path for --name (use --name=path:hello).")
+@click.option("--allow-zvol-for", default=None, metavar="PATH", help="Allow /dev/zvol access for this path.")
+@click.option("--influx", default=None, metavar="HOST[:PORT]", help="Report own metrics (accepted, not implemented).")
+def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir: str | None,
+            no_drop_path: bool, allow_zvol_for: str | None, influx: str | None) -> None:
+    """Albatross daemon: creates and supervises unikernels."""
+    setup_logging("albatrossd", verbosity, use_syslog)
+    logging.addLevelName(logging.WARNING + 5, "APP")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    dbdir = dbdir or default_dbdir()
+    if not os.path.isdir(dbdir):
+        raise click.BadParameter(f"{dbdir} is not a directory", param_hint="--dbdir")
+    zvol = None
+    if allow_zvol_for is not None:
+        try:
+            zvol = path_of_string(allow_zvol_for)
+        except AlbatrossError as e:
+            raise click.BadParameter(e.message, param_hint="--allow-zvol-for") from None
+    if influx:
+        log.warning("--influx (own metrics) is not implemented, ignored")
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    settings = Settings(tmpdir, dbdir, not no_drop_path)
+    core, unikernels = startup(settings, zvol)
+    asyncio.run(serve(settings, core, unikernels, systemd))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        command.main(args=argv, standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(CLI_ERROR)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except StartupError as e:
+        log.error("%s", e.message)
+        print(f"albatrossd: {e.message}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["main", "command", "Daemon", "Settings", "write_state", "read_state", "prepare",
+           "free_system_resources", "spawn_tender"]
