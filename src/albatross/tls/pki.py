@@ -104,8 +104,7 @@ def serial_int(content: bytes) -> int:
 def serial_content(cert: x509.Certificate) -> bytes:
     """The INTEGER content bytes of a certificate's serial (minimal DER)."""
     n = cert.serial_number
-    length = (n.bit_length() + 8) // 8 if n >= 0 else (n.bit_length() + 8) // 8
-    return n.to_bytes(max(length, 1), "big", signed=True)
+    return n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)
 
 
 # ------------------------------------------------------- albatross extension
@@ -204,9 +203,10 @@ def timestamps(validity: int, now: _dt.datetime | None = None) -> tuple[_dt.date
 
 def issue(subject: x509.Name, public_key, issuer: x509.Name, signing_key: PrivateKey,
           extensions: list[tuple[x509.ExtensionType, bool]], validity: int,
-          key_ids: bool = True, serial: bytes | None = None) -> x509.Certificate:
+          key_ids: bool = True, serial: bytes | None = None,
+          now: _dt.datetime | None = None) -> x509.Certificate:
     """Sign one certificate: v3, random serial, validity, extensions (+ SKI/AKI)."""
-    not_before, not_after = timestamps(validity)
+    not_before, not_after = timestamps(validity, now)
     b = (x509.CertificateBuilder()
          .subject_name(subject).issuer_name(issuer).public_key(public_key)
          .serial_number(serial_int(serial or random_serial()))
