@@ -4,12 +4,15 @@ process in a temporary tmpdir and talk to it with a small blocking client."""
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from albatross.policy.names import Name
+from albatross.wire import messages as m
 from albatross.wire import END, FrameReader, Header, Wire, decode_wire, encode_wire, frame
 
 BIN = os.path.dirname(sys.executable)
@@ -128,3 +131,38 @@ def request(path: str, name, payload, sequence: int = 0) -> Wire | None:
     with Client(path) as c:
         c.send(name, payload, sequence)
         return c.recv()
+
+
+class FakeVmmd:
+    """vmmd.sock: answers Stats_initial and hands each stats channel to the test."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.channels: queue.Queue[Client] = queue.Queue()
+        self.initials: list = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            c = Client.__new__(Client)
+            c.sock, c.reader = s, FrameReader()
+            s.settimeout(5)
+            w = c.recv()
+            self.initials.append(w)
+            c.send(w.header.name, m.Empty(), w.header.sequence, w.header.version)
+            self.channels.put(c)
+
+    def channel(self, timeout: float = 5) -> Client:
+        return self.channels.get(timeout=timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)

@@ -4,13 +4,11 @@ tap in a test network namespace, real sockets in a temporary tmpdir."""
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from albatross.policy.names import Name
 from albatross.wire import messages as m
 
-from console_stats_helpers import BIN, Client, Daemon, make_tmpdir, request, wait_for
+from console_stats_helpers import BIN, Client, Daemon, FakeVmmd, make_tmpdir, request, wait_for
 
 # The "unikernel": attaches to a tap, keeps sending frames into it, burns CPU, holds memory.
 UNIKERNEL = r"""
@@ -34,42 +32,6 @@ while True:
     while time.monotonic() < t:
         pass
 """
-
-
-class FakeVmmd:
-    """vmmd.sock: answers Stats_initial and hands each stats channel to the test."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.channels: queue.Queue[Client] = queue.Queue()
-        self.initials: list = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(4)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                s, _ = self.sock.accept()
-            except OSError:
-                return
-            c = Client.__new__(Client)
-            from albatross.wire import FrameReader
-            c.sock, c.reader = s, FrameReader()
-            s.settimeout(5)
-            w = c.recv()
-            self.initials.append(w)
-            c.send(w.header.name, m.Empty(), w.header.sequence, w.header.version)
-            self.channels.put(c)
-
-    def channel(self, timeout: float = 5) -> Client:
-        return self.channels.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.sock.close()
-        os.unlink(self.path)
 
 
 def netns_available() -> str | None:
