@@ -238,3 +238,47 @@ def test_memory_bounded_whatever_unikernels_print(console):
     names = request(console.sock, "many:", m.ConsoleListInactive()).payload.names
     assert 1 <= len(names) <= 4
     adder.close()
+
+
+# ------------------------------------------------------------------ client
+
+def client(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(BIN, "albatross-client"), *args], capture_output=True, text=True,
+                          timeout=20, **kw)
+
+
+def test_parse_since():
+    from albatross.client.console_stats import parse_since
+    from albatross.client.common import CliError
+    assert parse_since("2023-03-12") == Ptime(1678579200, 0)
+    assert parse_since("2023-03-12T23:42:15Z") == Ptime(1678664535, 0)
+    assert parse_since("2023-03-12T23:42:15+01:00") == Ptime(1678664535 - 3600, 0)
+    for bad in ("yesterday", "2023-03-12T23:42:15", "2023-13-01"):
+        with pytest.raises(CliError):
+            parse_since(bad)
+
+
+def test_client_console_and_inactive_consoles(console):
+    adder = Client(console.sock)
+    uk = Unikernel(console, adder, "cli:vm")
+    uk.write(b"first\nsecond\nthird\n")
+    time.sleep(0.2)
+    proc = subprocess.Popen([os.path.join(BIN, "albatross-client"), "console", "cli:vm", "--count", "2",
+                             "--tmpdir", console.tmpdir], stdout=subprocess.PIPE, text=True)
+    try:
+        out = [proc.stdout.readline() for _ in range(3)]
+        assert "subscribed" in out[0]
+        assert out[1].rstrip().endswith(": second") and out[2].rstrip().endswith(": third")
+        uk.write(b"live \x1b[31m\n")
+        assert proc.stdout.readline().rstrip().endswith(": live \\027[31m")  # escaped
+    finally:
+        proc.terminate()
+        proc.wait()
+    uk.exit()
+    wait_for(lambda: "cli:vm" in client("inactive-consoles", "--tmpdir", console.tmpdir).stdout,
+             what="inactive console listed")
+    r = client("inactive-consoles", "-p", "cli", "--tmpdir", console.tmpdir)
+    assert r.returncode == 0 and "[unikernel: :vm]" in r.stdout, r.stdout
+    r = client("console", "cli:vm", "--since", "not a date", "--tmpdir", console.tmpdir)
+    assert r.returncode == 124 and "invalid timestamp" in r.stdout + r.stderr
+    adder.close()

@@ -206,3 +206,31 @@ def test_bad_input_and_unexpected_commands(tmp_path):
         assert request(d.sock, Name.of_string(":"), m.StatsRemove()).payload == m.String("removed")
     finally:
         d.stop()
+
+
+def test_client_stats_add_remove_subscribe(tmp_path):
+    tmpdir = make_tmpdir(tmp_path)
+    d = stats_daemon(tmp_path, tmpdir, None, "0.2")
+    exe = os.path.join(BIN, "albatross-client")
+    try:
+        r = subprocess.run([exe, "stats-add", str(os.getpid()), "-n", "c:me", "--bridge", "service:lo",
+                            "--tmpdir", tmpdir], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0 and "added" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run([exe, "stats-add", "1", "--bridge", "nocolon", "--tmpdir", tmpdir],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 124 and "bridge:tap" in r.stdout + r.stderr
+        proc = subprocess.Popen([exe, "stats", "-n", "c:", "--tmpdir", tmpdir], stdout=subprocess.PIPE, text=True)
+        try:
+            assert "subscribed" in proc.stdout.readline()
+            line = proc.stdout.readline()
+            assert line.startswith("stats: utime "), line
+            rest = "".join(proc.stdout.readline() for _ in range(3))
+            assert "bridge service" in rest and "mtu 65536" in rest
+        finally:
+            proc.terminate()
+            proc.wait()
+        r = subprocess.run([exe, "stats-remove", "-n", "c:me", "--tmpdir", tmpdir],
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0 and "removed" in r.stdout
+    finally:
+        d.stop()
