@@ -452,9 +452,15 @@ def test_influx_service_runs_against_stats(runtime, tmp_path):
         with open(log_path, "wb") as log:
             influx = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
-            # albatross-influx subscribes at albatross-stats (starting it)
+            # albatross-influx subscribes at albatross-stats (starting it),
+            # then connects to the line-protocol listener named by INFLUX
             assert stats.ready(), stats.log()
-            time.sleep(1)
+            sink.settimeout(10)
+            try:
+                conn, _ = sink.accept()
+            except TimeoutError:
+                pytest.fail("albatross-influx did not connect to INFLUX: " + log_path.read_text())
+            conn.close()
             assert influx.poll() is None, log_path.read_text()
         finally:
             influx.terminate()
@@ -567,23 +573,23 @@ def _run_rc(tmp_path: Path, name: str, env: dict[str, str], action: str = "start
     stub = tmp_path / "stub"
     (stub / "rc.d").mkdir(parents=True, exist_ok=True)
     calls = tmp_path / "calls"
-    (stub / "rc.subr").write_text(f"""
-load_rc_config() {{ :; }}
-info() {{ echo "info: $*"; }}
-warn() {{ echo "warn: $*"; }}
-err() {{ _c=$1; shift; echo "err: $*"; exit $_c; }}
-run_rc_command() {{
+    (stub / "rc.subr").write_text(r"""
+load_rc_config() { :; }
+info() { echo "info: $*"; }
+warn() { echo "warn: $*"; }
+err() { _c=$1; shift; echo "err: $*"; exit $_c; }
+run_rc_command() {
 	case $1 in
 	start)
-		if [ -n "${{start_precmd:-}}" ]; then $start_precmd || return 1; fi
+		if [ -n "${start_precmd:-}" ]; then $start_precmd || return 1; fi
 		$start_cmd ;;
 	vars)
-		eval "echo enable=\\${{$rcvar}}"
-		eval "echo flags=\\${{${{name}}_flags}}"
-		eval "echo user=\\${{${{name}}_user:-UNSET}}"
-		echo "procname=$procname pidfile=$pidfile precmd=${{start_precmd:-}}" ;;
+		eval "echo enable=\${$rcvar}"
+		eval "echo flags=\${${name}_flags}"
+		eval "echo user=\${${name}_user:-UNSET}"
+		echo "procname=$procname pidfile=$pidfile precmd=${start_precmd:-}" ;;
 	esac
-}}
+}
 """)
     recorder = f'#!/bin/sh\n{{ printf "%s" "$(basename "$0")"; for a; do printf " [%s]" "$a"; done; echo; }} >> {calls}\n'
     (stub / "daemon").write_text(recorder + f'echo "PATH=$PATH" >> {calls}\n')
