@@ -278,15 +278,11 @@ def _raise_max_cert_list(ctx: SSL.Context, limit: int) -> bool:
     return True
 
 
-def _to_pkey(key: pki.PrivateKey) -> crypto.PKey:
-    return crypto.PKey.from_cryptography_key(key)
-
-
 def _use_chain(ctx: SSL.Context, chain: list[x509.Certificate], key: pki.PrivateKey) -> None:
-    ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+    ctx.use_certificate(chain[0])
     for c in chain[1:]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(c))
-    ctx.use_privatekey(_to_pkey(key))
+        ctx.add_extra_chain_cert(c)
+    ctx.use_privatekey(key)
     ctx.check_privatekey()
 
 

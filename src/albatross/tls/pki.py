@@ -12,6 +12,7 @@ import datetime as _dt
 import enum
 import os
 import secrets
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -37,6 +38,11 @@ KEY_TYPES = ("rsa2048", "rsa4096", "ed25519", "p256", "p384", "p521")
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 DAY = 86400
+
+# albatross puts the empty path into a CN (remote policy commands on the root
+# path) and paths longer than 64 characters: cryptography warns when it parses
+# or builds such names; they are deliberate here.
+warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
 
 
 class PkiError(AlbatrossError):
