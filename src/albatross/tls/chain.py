@@ -52,8 +52,8 @@ _ISSUER_CRITICAL_OK = {ExtensionOID.KEY_USAGE, ExtensionOID.BASIC_CONSTRAINTS, E
 
 
 def _describe(cert: x509.Certificate) -> str:
-    cn = pki.common_name(cert.subject)
-    return f"CN={cn}" if cn is not None else cert.subject.rfc4514_string() or "<empty subject>"
+    cn = pki.subject_cn(cert)
+    return f"CN={cn}" if cn is not None else "<no CN>"
 
 
 def _ext(exts: x509.Extensions, oid):
@@ -185,7 +185,7 @@ def cert_name(cert: x509.Certificate) -> str | None:
         raise ChainError(f"malformed extensions: {e}") from None
     if raw is None:
         return None
-    cn = pki.common_name(cert.subject)
+    cn = pki.subject_cn(cert)
     if cn is not None:
         return cn
     found = _command(cert)

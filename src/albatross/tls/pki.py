@@ -39,10 +39,6 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePri
 
 DAY = 86400
 
-# albatross puts the empty path into a CN (remote policy commands on the root
-# path) and paths longer than 64 characters: cryptography warns when it parses
-# or builds such names; they are deliberate here.
-warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
 
 
 class PkiError(AlbatrossError):
@@ -156,6 +152,20 @@ def certificate_policy(cert: x509.Certificate) -> Policy | None:
     return None
 
 
+def _quiet(fn):
+    """Run ``fn`` without cryptography's warning about CNs outside 1..64
+    characters: albatross deliberately puts the empty root path (remote policy
+    commands) and long paths into CNs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Attribute's length must be", category=UserWarning)
+        return fn()
+
+
+def subject_cn(obj: x509.Certificate | x509.CertificateSigningRequest) -> str | None:
+    """The last CN of a certificate's or CSR's subject."""
+    return _quiet(lambda: common_name(obj.subject))
+
+
 def common_name(name: x509.Name) -> str | None:
     """The last CN attribute of a DN (as ocaml-x509's ``common_name``)."""
     cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -167,7 +177,7 @@ def common_name(name: x509.Name) -> str | None:
 
 def cn_name(cn: str) -> x509.Name:
     """A DN of one RDN with one CN (UTF8String); any length, even empty."""
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn, _validate=False)])
+    return _quiet(lambda: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn, _validate=False)]))
 
 
 def is_self_signed(cert: x509.Certificate) -> bool:
@@ -287,7 +297,7 @@ def sign_csr(ca_cert: x509.Certificate, ca_key: PrivateKey, csr: x509.Certificat
     """``albatross-client sign`` without the files (§5.2)."""
     if not csr.is_signature_valid or not allowed_signature(csr):
         raise PkiError("CSR signature verification failed")
-    certname = common_name(csr.subject)
+    certname = subject_cn(csr)
     if certname is None:
         raise PkiError("couldn't find name (no common name in CSR subject)")
     warnings: list[str] = []
