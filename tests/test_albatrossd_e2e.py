@@ -376,7 +376,6 @@ def test_unstartable_unikernel_dropped_on_restore(alb, image):
     alb.client("create", "a", image, "--arg", "forever")
     alb.client("create", "b", image, "--arg", "forever")
     alb.stop()
-    os.environ_backup = None
     alb.env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"  # no tender any more
     alb.start()
     time.sleep(0.5)
@@ -547,3 +546,32 @@ def test_kill_9_never_corrupts_state(alb, image):
             os.unlink(os.path.join(alb.tmpdir, "fifo", f))
         alb.start()
     assert not [f for f in os.listdir(alb.dbdir) if f.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ stats channel
+
+def test_stats_channel(alb, image):
+    alb.client("create", "s1", image, "--arg", "forever")
+    pid = pid_of(alb, ":s1")
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(alb.sock)
+    reader = FrameReader()
+
+    def recv() -> Wire:
+        while (f := reader.next_frame()) is None:
+            reader.feed(s.recv(65536))
+        return decode_wire(f)
+
+    s.sendall(frame(encode_wire(Wire(Header(Name.of_string(":"), 0), m.StatsInitial()))))
+    assert recv().payload == m.Empty()
+    add = recv()
+    assert add.header.sequence == 1 and add.payload == m.StatsAdd("", pid, ())
+    s.sendall(frame(encode_wire(Wire(add.header, m.String("added")))))
+    destroy = subprocess.Popen([os.path.join(BIN, "albatross-client"), "destroy", "s1", "--tmpdir", alb.tmpdir],
+                               stdout=subprocess.PIPE, text=True)
+    rem = recv()  # exit handling waits for our reply before the destroy is answered
+    assert rem.header.sequence == 2 and isinstance(rem.payload, m.StatsRemove)
+    s.sendall(frame(encode_wire(Wire(rem.header, m.String("removed")))))
+    assert "destroyed unikernel" in destroy.communicate(timeout=10)[0]
+    s.close()
