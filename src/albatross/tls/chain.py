@@ -358,6 +358,11 @@ class TlsStream:
 
     def __init__(self, ctx: SSL.Context, sock: socket.socket, server: bool):
         sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:  # request/response: no Nagle delay on small final records
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         self.sock = sock
         self.conn = SSL.Connection(ctx, sock)
         if server:
