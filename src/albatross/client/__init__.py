@@ -14,7 +14,7 @@ import click
 from .common import CLI_FAILED, INTERNAL_ERROR, CliError, Exit, error
 
 #: modules contributing subcommands (each defines ``register(cli)``)
-MODULES = ["wirecmds", "unikernel", "console_stats", "pki"]
+MODULES = ["wirecmds", "unikernel", "console_stats", "pki", "update"]
 
 
 class _Group(click.Group):
