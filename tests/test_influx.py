@@ -165,7 +165,7 @@ def stats_setup(tmp_path):
     s.tmpdir, s.vmmd, s.sleeper, s.stats, s.channel, s.args, s.sock = tmpdir, vmmd, sleeper, stats, ch, args, sock
     s.log_path = str(tmp_path / "stats.log")
     yield s
-    stats.stop()
+    s.stats.stop()  # the test may have replaced the daemon
     sleeper.kill()
     sleeper.wait()
     vmmd.close()
