@@ -1,6 +1,7 @@
 """Own metrics of the daemons (--influx): line protocol over TCP with reconnects."""
 
 import asyncio
+import os
 
 import pytest
 
@@ -55,3 +56,43 @@ def test_pushes_and_reconnects():
         await server.wait_closed()
 
     asyncio.run(scenario())
+
+
+def test_albatrossd_pushes_its_metrics(tmp_path):
+    import socket
+    import time
+
+    from test_albatrossd_e2e import Albatross, needs_root  # noqa: F401 - skips like the e2e tests
+    if os.geteuid() != 0:
+        pytest.skip("albatrossd end-to-end needs root")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(30)
+    port = listener.getsockname()[1]
+    alb = Albatross(tmp_path)
+    try:
+        alb.start_stub()
+        alb.start("--influx", f"127.0.0.1:{port}")
+        conn, _ = listener.accept()
+        conn.settimeout(10)
+        data = b""
+        deadline = time.monotonic() + 10
+        while b"albatross-unikernels" not in data and time.monotonic() < deadline:
+            data += conn.recv(65536)
+        text = data.decode()
+        assert "resource_usage,vm=albatross utime=" in text
+        assert "albatross-policies,domain=:,vm=albatross unikernels=" in text
+        assert "albatross-unikernels,domain=:,vm=albatross running=0i" in text
+        conn.close()
+    finally:
+        alb.teardown()
+        listener.close()
+
+
+def test_bad_influx_target_is_a_cli_error():
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "albatross.daemons.console", "--tmpdir", "/tmp", "--influx", "h:x"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 124 and "invalid port" in p.stderr

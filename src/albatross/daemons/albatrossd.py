@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import stat
-import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -39,16 +38,17 @@ from ..wire.state import State, decode_state, encode_state
 from . import host
 from . import vmmd_core as V
 from .common import (
+    run_cli,
     Conn, StartupError, daemon_options, default_dbdir, open_unix, sd_notify, service_socket,
     setup_logging, socket_path,
 )
+from .metrics import influx_option, resource_lines, run_with_metrics
 from .vmmd_core import ExitStatus, Spawned, Vmmd
 
 log = logging.getLogger("albatross.vmmd")
 
 CHUNK = 4096
 CONSOLE_FAILED = "could not create unikernel: console failed"
-CLI_ERROR = 124
 
 
 class CreateError(AlbatrossError):
@@ -741,7 +741,7 @@ def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd
 @click.option("--no-drop-path", is_flag=True,
               help="Do not drop the unikernel path for --name (use --name=path:hello).")
 @click.option("--allow-zvol-for", default=None, metavar="PATH", help="Allow /dev/zvol access for this path.")
-@click.option("--influx", default=None, metavar="HOST[:PORT]", help="Report own metrics (accepted, not implemented).")
+@influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir: str | None,
             no_drop_path: bool, allow_zvol_for: str | None, influx: str | None) -> None:
     """Albatross daemon: creates and supervises unikernels."""
@@ -758,28 +758,16 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
             zvol = path_of_string(allow_zvol_for)
         except AlbatrossError as e:
             raise click.BadParameter(e.message, param_hint="--allow-zvol-for") from None
-    if influx:
-        log.warning("--influx (own metrics) is not implemented, ignored")
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     settings = Settings(tmpdir, dbdir, not no_drop_path)
     core, unikernels = startup(settings, zvol)
-    asyncio.run(serve(settings, core, unikernels, systemd))
+    asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd), influx, "albatross",
+                                 lambda: resource_lines(core.resources)))
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        command.main(args=argv, standalone_mode=False)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(CLI_ERROR)
-    except click.exceptions.Abort:
-        sys.exit(1)
-    except StartupError as e:
-        log.error("%s", e.message)
-        print(f"albatrossd: {e.message}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0)
+    run_cli(command, argv, "albatrossd")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,27 @@ class StartupError(AlbatrossError):
     """A daemon cannot start (bad flags, missing directory, socket in use...)."""
 
 
+CLI_ERROR = 124  #: exit code of a command-line error (cmdliner's)
+
+
+def run_cli(command: click.Command, argv: list[str] | None, program: str, startup_exit: int = 1) -> None:
+    """Run a daemon's click command with cmdliner-like exit codes."""
+    try:
+        command.main(args=argv, prog_name=program, standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(CLI_ERROR)
+    except click.exceptions.Abort:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(0)
+    except StartupError as e:
+        log.error("%s", e.message)
+        print(f"{program}: {e.message}", file=sys.stderr)
+        sys.exit(startup_exit)
+    sys.exit(0)
+
+
 # ---------------------------------------------------------------- defaults
 
 def default_tmpdir() -> str:
@@ -211,7 +232,7 @@ async def open_unix(path: str) -> Conn:
 
 
 __all__ = [
-    "Conn", "open_unix", "service_socket", "listen_unix", "systemd_socket", "sd_notify",
+    "run_cli", "CLI_ERROR", "Conn", "open_unix", "service_socket", "listen_unix", "systemd_socket", "sd_notify",
     "setup_logging", "daemon_options", "default_tmpdir", "default_dbdir", "socket_path",
     "StartupError", "DecodeError", "FrameError",
 ]

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import stat
-import sys
 
 import click
 
@@ -23,7 +22,8 @@ from ..errors import AlbatrossError
 from ..policy.names import Name
 from ..wire import Header, Wire, encode_wire, frame
 from ..wire import messages as m
-from .common import Conn, StartupError, daemon_options, sd_notify, service_socket, setup_logging
+from .common import Conn, daemon_options, run_cli, sd_notify, service_socket, setup_logging
+from .metrics import influx_option, run_with_metrics
 from .console_core import LINE_LIMIT, ConsoleState, LineSplitter, Ring
 
 log = logging.getLogger("albatross.console")
@@ -35,7 +35,6 @@ MAX_PENDING = 1 << 20
 #: bytes taken from a fifo per wake-up (split in 512-byte pieces like upstream)
 READ_SIZE = 32 * LINE_LIMIT
 
-CLI_ERROR = 124
 
 
 class Subscriber:
@@ -241,23 +240,6 @@ async def serve(tmpdir: str, systemd: bool, max_subscribers: int,
         await server.serve_forever()
 
 
-def run_cli(command: click.Command, argv: list[str] | None) -> None:
-    """Run a daemon's click command with cmdliner-like exit codes."""
-    try:
-        command.main(args=argv, standalone_mode=False)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(CLI_ERROR)
-    except click.exceptions.Abort:
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(0)
-    except StartupError as e:
-        print(f"albatross: {e.message}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0)
-
-
 def _max_subscribers(_ctx, _param, value: int) -> int:
     if value < 1:
         raise click.BadParameter("max subscribers must be greater than or equal to 1")
@@ -268,18 +250,16 @@ def _max_subscribers(_ctx, _param, value: int) -> int:
 @daemon_options
 @click.option("--max-subscribers", type=int, default=5, show_default=True, callback=_max_subscribers,
               help="Maximum subscribers per unikernel console.")
-@click.option("--influx", default=None, metavar="HOST[:PORT]", help="Report own metrics (not implemented).")
+@influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, max_subscribers: int,
             influx: str | None) -> None:
     """Reads unikernel consoles, keeps the last 1024 lines of each and streams them."""
     setup_logging("albatross-console", verbosity, use_syslog)
-    if influx:
-        log.warning("--influx (own metrics) is not implemented, ignored")
-    asyncio.run(serve(tmpdir, systemd, max_subscribers))
+    asyncio.run(run_with_metrics(serve(tmpdir, systemd, max_subscribers), influx, "albatross_console"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(command, argv)
+    run_cli(command, argv, "albatross-console")
 
 
 if __name__ == "__main__":

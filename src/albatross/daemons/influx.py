@@ -22,8 +22,7 @@ from ..errors import AlbatrossError
 from ..policy.names import ROOT, Name
 from ..wire import Header, Wire
 from ..wire import messages as m
-from .common import Conn, daemon_options, open_unix, setup_logging, socket_path
-from .console import run_cli
+from .common import Conn, daemon_options, open_unix, run_cli, setup_logging, socket_path
 from .influx_core import HttpTarget, Target, TcpTarget, encode_stats, parse_target
 
 log = logging.getLogger("albatross.influx")
@@ -192,7 +191,7 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, influx
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(command, argv)
+    run_cli(command, argv, "albatross-influx")
 
 
 if __name__ == "__main__":

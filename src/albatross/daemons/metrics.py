@@ -16,6 +16,8 @@ import resource
 import socket
 from typing import Callable
 
+import click
+
 from ..errors import AlbatrossError
 
 log = logging.getLogger("albatross.metrics")
@@ -112,3 +114,32 @@ async def run_with_metrics(main, target: str | None, vm: str, extra: Callable[[]
     finally:
         if task is not None:
             task.cancel()
+
+
+def _validate(_ctx, _param, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_target(value)
+        except AlbatrossError as e:
+            raise click.BadParameter(e.message) from None
+    return value
+
+
+def influx_option(f):
+    """``--influx HOST[:PORT]``: where the daemon pushes its own metrics."""
+    return click.option("--influx", default=None, metavar="HOST[:PORT]", callback=_validate,
+                        help="Push own metrics to this InfluxDB/Telegraf line-protocol listener "
+                             "(port 8094 by default).")(f)
+
+
+def resource_lines(resources) -> list[str]:
+    """albatrossd's per-domain figures: policy limits and what is in use below each path."""
+    lines = []
+    for name, pol in resources.policies.items():
+        domain = name.to_string()
+        count, memory = resources.unikernel_usage(name.path)
+        block = "" if pol.block is None else f",block={pol.block}i"
+        lines.append(f"albatross-policies,domain={domain} unikernels={pol.unikernels}i,memory={pol.memory}i{block}")
+        lines.append(f"albatross-unikernels,domain={domain} running={count}i,memory={memory}i,"
+                     f"block={resources.total_block_usage(name.path)}i")
+    return lines

@@ -26,8 +26,10 @@ from ..errors import AlbatrossError
 from ..wire import Header, Wire, encode_wire, frame
 from ..wire import messages as m
 from ..policy.names import ROOT
-from .common import Conn, daemon_options, open_unix, sd_notify, service_socket, setup_logging, socket_path
-from .console import run_cli
+from .common import (
+    Conn, daemon_options, open_unix, run_cli, sd_notify, service_socket, setup_logging, socket_path,
+)
+from .metrics import influx_option, run_with_metrics
 from .stats_core import ProcError, Registration, StatsState, ifdata_of_link, linux_rusage
 
 log = logging.getLogger("albatross.stats")
@@ -261,7 +263,7 @@ def _interval(_ctx, _param, value: float) -> float:
 @click.option("--interval", type=float, default=10, show_default=True, callback=_interval,
               help="Interval between statistics gatherings (in seconds).")
 @click.option("--gather-bhyve-stats", is_flag=True, help="Gather BHyve debug statistics (FreeBSD only).")
-@click.option("--influx", default=None, metavar="HOST[:PORT]", help="Report own metrics (not implemented).")
+@influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, interval: float,
             gather_bhyve_stats: bool, influx: str | None) -> None:
     """Statistics collection of unikernels."""
@@ -269,13 +271,11 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, interv
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if gather_bhyve_stats and platform.system() != "FreeBSD":
         log.warning("--gather-bhyve-stats only works on FreeBSD, ignored")
-    if influx:
-        log.warning("--influx (own metrics) is not implemented, ignored")
-    asyncio.run(serve(tmpdir, systemd, interval))
+    asyncio.run(run_with_metrics(serve(tmpdir, systemd, interval), influx, "albatross_stats"))
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(command, argv)
+    run_cli(command, argv, "albatross-stats")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import sys
 import threading
 
 import click
-from cryptography import x509
 
 from .. import pretty
 from ..errors import AlbatrossError
@@ -35,11 +34,11 @@ from ..tls.chain import ChainError, Request, TlsStream, TlsTimeout, process_chai
 from ..wire import END, FrameReader, Header, Wire, decode_wire, encode_wire, endpoint, frame
 from ..wire import messages as m
 from ..wire.framing import DEFAULT_MAX_SIZE, END_CHUNK
-from .common import StartupError, daemon_options, sd_notify, setup_logging, socket_path, systemd_socket
+from .common import StartupError, daemon_options, run_cli, sd_notify, setup_logging, socket_path, systemd_socket
 
 log = logging.getLogger("albatross.tls_endpoint")
 
-CLI_ERROR = 124
+
 INTERNAL_ERROR = 125
 HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_PORT = 1025
@@ -372,19 +371,7 @@ def command(cacert: str, cert: str, key: str, ip: str, port: int | None, inetd: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        command.main(args=argv, prog_name="albatross-tls-endpoint", standalone_mode=False)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(CLI_ERROR)
-    except click.exceptions.Abort:
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(0)
-    except StartupError as e:
-        print(f"albatross-tls-endpoint: {e.message}", file=sys.stderr)
-        sys.exit(INTERNAL_ERROR)
-    sys.exit(0)
+    run_cli(command, argv, "albatross-tls-endpoint", startup_exit=INTERNAL_ERROR)
 
 
 if __name__ == "__main__":
