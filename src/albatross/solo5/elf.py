@@ -95,27 +95,8 @@ class Manifest:
 
 def ocaml_quote(s: str) -> str:
     """Quote a string the way OCaml's ``%S`` does (for byte-exact error texts)."""
-    out = ['"']
-    for byte in s.encode("utf-8", "surrogateescape"):
-        c = chr(byte)
-        if c == '"':
-            out.append('\\"')
-        elif c == "\\":
-            out.append("\\\\")
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif c == "\r":
-            out.append("\\r")
-        elif c == "\b":
-            out.append("\\b")
-        elif 0x20 <= byte < 0x7F:
-            out.append(c)
-        else:
-            out.append(f"\\{byte:03d}")
-    out.append('"')
-    return "".join(out)
+    from ..pretty import escaped
+    return '"' + escaped(s.encode("utf-8", "surrogateescape")) + '"'
 
 
 # --------------------------------------------------------------------------
