@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import AlbatrossError
+from ..pretty import escaped as _escaped
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..core import UnikernelConfig
@@ -95,8 +96,7 @@ class Manifest:
 
 def ocaml_quote(s: str) -> str:
     """Quote a string the way OCaml's ``%S`` does (for byte-exact error texts)."""
-    from ..pretty import escaped
-    return '"' + escaped(s.encode("utf-8", "surrogateescape")) + '"'
+    return '"' + _escaped(s.encode("utf-8", "surrogateescape")) + '"'
 
 
 # --------------------------------------------------------------------------
