@@ -372,14 +372,20 @@ def run_command(target: Target, name: Name, cmd: m.Cmd, upload: Iterable[bytes] 
     return remote.run_remote(target, name, cmd, upload, handler or ReplyHandler(cmd, name))
 
 
-def file_chunks(path: str, level: int, size: int = 4096) -> Iterator[bytes]:
-    """Read a file in ``size`` pieces, zlib-deflated when ``level`` > 0."""
+def file_chunks(path: str, level: int, size: int = 4096,
+                on_read: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    """Read a file in ``size`` pieces, zlib-deflated when ``level`` > 0.
+
+    ``on_read`` is told how many raw bytes each read returned (progress bars).
+    """
     comp = zlib.compressobj(level) if level > 0 else None
     with open(path, "rb") as fh:
         while True:
             piece = fh.read(size)
             if not piece:
                 break
+            if on_read is not None:
+                on_read(len(piece))
             out = comp.compress(piece) if comp else piece
             if out:
                 yield out

@@ -176,24 +176,11 @@ def with_progress(chunks: Iterable[bytes], total: int, label: str) -> Iterator[b
 
 def _raw_progress_chunks(path: str, level: int) -> Iterator[bytes]:
     """file_chunks, with the progress bar counting raw bytes read."""
-    size = os.path.getsize(path)
     if not sys.stderr.isatty():
         yield from file_chunks(path, level)
         return
-    comp = zlib.compressobj(level) if level > 0 else None
-    with click.progressbar(length=size, label="uploading", file=sys.stderr) as bar, open(path, "rb") as fh:
-        while True:
-            piece = fh.read(4096)
-            if not piece:
-                break
-            bar.update(len(piece))
-            out = comp.compress(piece) if comp else piece
-            if out:
-                yield out
-    if comp:
-        tail = comp.flush()
-        if tail:
-            yield tail
+    with click.progressbar(length=os.path.getsize(path), label="uploading", file=sys.stderr) as bar:
+        yield from file_chunks(path, level, on_read=bar.update)
 
 
 # ------------------------------------------------------------------ commands
