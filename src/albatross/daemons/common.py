@@ -226,13 +226,47 @@ class Conn:
             pass
 
 
+class Peer:
+    """A client connection that is written to without waiting (subscribers).
+
+    ``send`` queues a framed message and reports False when the peer is
+    gone or has more than ``max_pending`` bytes unsent (a too slow reader
+    is treated like one whose write failed).
+    """
+
+    __slots__ = ("conn", "version", "closed", "max_pending")
+
+    def __init__(self, conn: Conn, version: int = 5, max_pending: int = 1 << 20):
+        self.conn = conn
+        self.version = version
+        self.closed = False
+        self.max_pending = max_pending
+
+    def send(self, data: bytes) -> bool:
+        if self.closed:
+            return False
+        transport = self.conn.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > self.max_pending:
+            return False
+        try:
+            self.conn.writer.write(data)
+        except (OSError, RuntimeError):
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.close()
+
+
 async def open_unix(path: str) -> Conn:
     reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
     return Conn(reader, writer)
 
 
 __all__ = [
-    "run_cli", "CLI_ERROR", "Conn", "open_unix", "service_socket", "listen_unix", "systemd_socket", "sd_notify",
+    "run_cli", "CLI_ERROR", "Conn", "Peer", "open_unix", "service_socket", "listen_unix", "systemd_socket", "sd_notify",
     "setup_logging", "daemon_options", "default_tmpdir", "default_dbdir", "socket_path",
     "StartupError", "DecodeError", "FrameError",
 ]

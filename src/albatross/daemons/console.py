@@ -22,7 +22,7 @@ from ..errors import AlbatrossError
 from ..policy.names import Name
 from ..wire import Header, Wire, encode_wire, frame
 from ..wire import messages as m
-from .common import Conn, daemon_options, run_cli, sd_notify, service_socket, setup_logging
+from .common import Conn, Peer, daemon_options, run_cli, sd_notify, service_socket, setup_logging
 from .metrics import influx_option, run_with_metrics
 from .console_core import LINE_LIMIT, ConsoleState, LineSplitter, Ring
 
@@ -37,33 +37,7 @@ READ_SIZE = 32 * LINE_LIMIT
 
 
 
-class Subscriber:
-    """One subscribed client connection."""
-
-    __slots__ = ("conn", "version", "closed")
-
-    def __init__(self, conn: Conn, version: int):
-        self.conn = conn
-        self.version = version
-        self.closed = False
-
-    def send(self, data: bytes) -> bool:
-        """Queue a framed message; False if the subscriber is gone or too slow."""
-        if self.closed:
-            return False
-        transport = self.conn.writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size() > MAX_PENDING:
-            return False
-        try:
-            self.conn.writer.write(data)
-        except (OSError, RuntimeError):
-            return False
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.conn.close()
+Subscriber = Peer  #: one subscribed client connection (with its wire version)
 
 
 def data_frame(name: Name, version: int, ts: Ptime, line: bytes) -> bytes:
@@ -205,7 +179,7 @@ class ConsoleDaemon:
 
     async def _subscribe(self, conn: Conn, header: Header, cmd: m.ConsoleSubscribe) -> None:
         name, version = header.name, header.version
-        sub = Subscriber(conn, version)
+        sub = Subscriber(conn, version, MAX_PENDING)
         res = self.state.subscribe(name, version, sub, cmd.since, cmd.count)
         for old in res.to_close:
             old.close()

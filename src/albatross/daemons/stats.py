@@ -27,7 +27,7 @@ from ..wire import Header, Wire, encode_wire, frame
 from ..wire import messages as m
 from ..policy.names import ROOT
 from .common import (
-    Conn, daemon_options, open_unix, run_cli, sd_notify, service_socket, setup_logging, socket_path,
+    Conn, Peer, daemon_options, open_unix, run_cli, sd_notify, service_socket, setup_logging, socket_path,
 )
 from .metrics import influx_option, run_with_metrics
 from .stats_core import ProcError, Registration, StatsState, ifdata_of_link, linux_rusage
@@ -35,32 +35,8 @@ from .stats_core import ProcError, Registration, StatsState, ifdata_of_link, lin
 log = logging.getLogger("albatross.stats")
 
 MAX_REQUEST = 64 * 1024
-MAX_PENDING = 1 << 20
+
 RECONNECT_DELAY = 1.0
-
-
-class Peer:
-    """A connection to the stats daemon (a client, or albatrossd's channel)."""
-
-    __slots__ = ("conn", "closed")
-
-    def __init__(self, conn: Conn):
-        self.conn = conn
-        self.closed = False
-
-    def send(self, data: bytes) -> bool:
-        if self.closed:
-            return False
-        transport = self.conn.writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size() > MAX_PENDING:
-            return False
-        self.conn.writer.write(data)
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.conn.close()
 
 
 # ---------------------------------------------------------------- sampling
