@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(
 
 
 class Host:
-    def __init__(self, base):
+    def __init__(self, base, netns: str | None = None):
+        self.prefix = ["ip", "netns", "exec", netns] if netns else []
         self.tmpdir = str(base / "run")
         self.dbdir = str(base / "db")
         for d in (f"{self.tmpdir}/util", f"{self.tmpdir}/fifo", f"{self.dbdir}/block"):
@@ -38,7 +39,7 @@ class Host:
 
     def start(self, program: str, *args: str, sock: str | None = None) -> None:
         log = open(self.logs / f"{program}.log", "a")
-        p = subprocess.Popen([os.path.join(BIN, program), "--tmpdir", self.tmpdir, *args, "-v"],
+        p = subprocess.Popen([*self.prefix, os.path.join(BIN, program), "--tmpdir", self.tmpdir, *args, "-v"],
                              stdout=log, stderr=subprocess.STDOUT, env=self.env)
         self.procs[program] = p
         if sock is not None:
@@ -202,3 +203,46 @@ def test_bad_input_on_every_socket_keeps_daemons_serving(host):
     assert "removed" in host.client("stats-remove", "-n", "nothing")
     for p in host.procs.values():
         assert p.poll() is None
+
+
+@pytest.fixture
+def netns():
+    import uuid
+    if not os.path.exists("/dev/net/tun"):
+        pytest.skip("needs /dev/net/tun")
+    name = "albsys-" + uuid.uuid4().hex[:8]
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "add", "service", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "service", "up"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_interface_counters_grow_with_traffic_on_the_tap(tmp_path, netns):
+    host = Host(tmp_path, netns)
+    try:
+        host.start("albatross-console", sock="console.sock")
+        host.start("albatrossd", "--dbdir", host.dbdir, sock="vmmd.sock")
+        host.start("albatross-stats", "--interval", "0.3", sock="stat.sock")
+        image = tmp_path / "net.hvt"
+        image.write_bytes(build_image(devices=[("service", "NET_BASIC")]))
+        # the unikernel waits, then sends 50 frames through its tap onto the bridge
+        out = host.client("create", "web", str(image), "--net", "service",
+                          "--arg=sleep", "--arg=3", "--arg=netsend", "--arg=50", "--arg=forever")
+        assert "created unikernel" in out
+        stats = host.stream("stats", "-n", "web")
+
+        def vm_to_host() -> int:
+            line = stats.until(r"^bridge service ")[-1]
+            return int(re.search(r" input_packets (\d+)", line).group(1))
+        try:
+            assert vm_to_host() < 50  # sampled before the unikernel sent anything
+            deadline = time.monotonic() + 15
+            after = vm_to_host()
+            while after < 50 and time.monotonic() < deadline:
+                after = vm_to_host()
+            assert after >= 50
+        finally:
+            stats.close()
+    finally:
+        host.teardown()

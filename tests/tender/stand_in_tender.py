@@ -18,6 +18,7 @@ program of whitespace-separated commands:
     abort         "Solo5: solo5_abort() called", status 255
     fault         hvt: status 255; spt: killed by SIGSEGV
     spam N        print N numbered lines as fast as possible
+    netsend N     send N broadcast Ethernet frames on every network device
     longline N    write N bytes "x" with no newline
     reject-name   (anywhere) exit 64 if the first argument is --name=...
 
@@ -235,6 +236,10 @@ def attach_tap(iface: str) -> int | None:
     return fd
 
 
+NET_FDS: list[int] = []  # attached taps, for "netsend"
+FRAME = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x02" + b"\x88\xb5" + b"stand-in unikernel frame" * 3
+
+
 def check_devices(cmd: Command, manifest: elf.Manifest) -> list[int]:
     declared = dict(manifest.devices)
     for name in list(cmd.nets) + list(cmd.macs):
@@ -243,7 +248,7 @@ def check_devices(cmd: Command, manifest: elf.Manifest) -> list[int]:
     for name in list(cmd.blocks) + list(cmd.sector_sizes):
         if declared.get(name) != "BLOCK_BASIC":
             raise Fail(f"Resource not declared in manifest: '{name}'")
-    fds = []
+    fds = NET_FDS
     for iface in cmd.nets.values():
         fd = attach_tap(iface)
         if fd is not None:
@@ -372,6 +377,10 @@ def run_program(args: list[str]) -> None:
             sys.stdout.write("".join(f"spam {k}\n" for k in range(n)))
             sys.stdout.flush()
             CONSOLE.mid_line = False
+        elif w == "netsend":
+            for _ in range(arg()):
+                for fd in NET_FDS:
+                    os.write(fd, FRAME)
         elif w == "longline":
             CONSOLE.write("x" * arg())
         else:
