@@ -186,6 +186,34 @@ def test_albatrossd_restart_keeps_unikernels_and_console_history(host):
         history.close()
 
 
+def test_albatrossd_reconnects_to_a_restarted_console(host):
+    host.client("create", "first", host.image, "--arg=forever")
+    live = host.stream("console", "first")
+    try:
+        live.until("tick 1")
+    finally:
+        live.close()
+    host.stop("albatross-console")
+    time.sleep(0.5)  # "first" keeps printing with nobody reading: it must neither die nor be lost
+    host.start("albatross-console", sock="console.sock")
+    # albatrossd notices, reconnects and registers the running unikernel again
+    live = host.stream("console", "first")
+    try:
+        live.until(r"tick \d+")
+    finally:
+        live.close()
+    out = host.client("create", "second", host.image, "--arg=print", "--arg=after-console-restart",
+                      "--arg=forever")
+    assert "created unikernel" in out
+    history = host.stream("console", "second", "--count", "100")
+    try:
+        history.until("after-console-restart")
+    finally:
+        history.close()
+    info = host.client("info")
+    assert "[unikernel: :first]" in info and "[unikernel: :second]" in info
+
+
 def test_bad_input_on_every_socket_keeps_daemons_serving(host):
     import socket
     for sock in ("vmmd.sock", "console.sock", "stat.sock"):

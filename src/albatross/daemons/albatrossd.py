@@ -304,6 +304,9 @@ class Daemon:
         self.core = core
         self.console = console
         self.stats: Conn | None = None
+        # a read end of every running unikernel's fifo, so that a tender never gets
+        # EPIPE/SIGPIPE while albatross-console is restarted (it blocks instead)
+        self.fifo_keepers: dict[Name, int] = {}
         self.lock = asyncio.Lock()
         self.futures: dict[int, asyncio.Future] = {}
         self.server: asyncio.base_events.Server | None = None
@@ -335,6 +338,48 @@ class Daemon:
         if not isinstance(reply.payload, m.Reply):
             return "unexpected data"
         return None
+
+    async def console_add(self, name: Name) -> str | None:
+        """Register ``name`` with albatross-console; None or an error text.
+
+        Unlike upstream, a console connection that broke (albatross-console was
+        restarted) is opened again, so creates keep working without restarting
+        albatrossd (see also :meth:`watch_console`).
+        """
+        err = await self._round_trip(self.console, self.core.console_add(name))
+        if err is None or not err.startswith("communication failure"):
+            return err
+        err = await self._reconnect_console()
+        if err is not None:
+            return err
+        return await self._round_trip(self.console, self.core.console_add(name))
+
+    async def _reconnect_console(self) -> str | None:
+        """Open the console connection again and re-register every running unikernel."""
+        path = socket_path(self.settings.tmpdir, "console")
+        self.console.close()
+        try:
+            self.console = await open_unix(path)
+        except OSError as e:
+            return f"reconnecting to {path} failed: {e}"
+        log.warning("reconnected to albatross-console")
+        for running in list(self.fifo_keepers):
+            err = await self._round_trip(self.console, self.core.console_add(running))
+            if err is not None:
+                log.error("console add for %s failed: %s", running.pretty(), err)
+        return None
+
+    async def watch_console(self, interval: float = 1.0) -> None:
+        """Notice a lost console connection while idle and reconnect, so that the
+        output of running unikernels is read again soon after albatross-console restarts."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.console.reader.at_eof():
+                async with self.lock:
+                    if self.console.reader.at_eof():
+                        err = await self._reconnect_console()
+                        if err is not None:
+                            log.warning("albatross-console is gone: %s", err)
 
     async def send_stats(self, wire: Wire) -> None:
         if self.stats is None:
@@ -413,6 +458,7 @@ class Daemon:
             log.warning("kill of %s failed: %s", name.pretty(), e.strerror)
 
     async def cleanup(self, eff: V.Cleanup) -> None:
+        self._release_fifo(eff.name)
         try:
             await asyncio.to_thread(free_system_resources, self.settings, eff.name, eff.taps)
         except CreateError as e:
@@ -434,7 +480,7 @@ class Daemon:
             msg = e.message if isinstance(e, AlbatrossError) else str(e)
             log.error("failed to create %s: %s", name.pretty(), msg)
             return m.Failure(msg)
-        err = await self._round_trip(self.console, self.core.console_add(name))
+        err = await self.console_add(name)
         if err is not None:
             log.error("console add for %s failed: %s", name.pretty(), err)
             return await self._create_failed(name, prepared)
@@ -467,7 +513,18 @@ class Daemon:
             drop_path=self.settings.drop_path)
         log.debug("executing %s", " ".join(argv))
         fifo = self.settings.fifo_path(name)
-        return spawn_tender(argv, fifo)
+        pid = spawn_tender(argv, fifo)
+        self._release_fifo(name)
+        try:
+            self.fifo_keepers[name] = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            log.warning("could not keep %s open: %s", fifo, e)
+        return pid
+
+    def _release_fifo(self, name: Name) -> None:
+        fd = self.fifo_keepers.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     async def _create_failed(self, name: Name, prepared: Prepared) -> m.Failure:
         self.core.create_failed(name)
@@ -703,7 +760,9 @@ async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, Uni
     await daemon.restore(unikernels)
     daemon.server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=1 << 20)
     sd_notify("READY=1")
+    watcher = asyncio.get_running_loop().create_task(daemon.watch_console())
     await daemon.done.wait()
+    watcher.cancel()
 
 
 def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd, list]:
