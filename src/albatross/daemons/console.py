@@ -4,8 +4,13 @@ streams lines to subscribers (behaviour.md §3, wire.md §5.3).
 All state lives in :class:`~.console_core.ConsoleState`; this module only
 does the I/O: the listening socket, the fifos (non-blocking, via
 ``loop.add_reader``) and the subscriber connections.  Writes to subscribers
-never block the daemon: a subscriber whose unsent output exceeds
-:data:`MAX_PENDING` bytes is dropped like one whose write failed.
+never block the daemon.  Like upstream (which awaits every write), a
+subscriber that reads slower than its unikernel prints holds back that
+unikernel's console: once it has :data:`PAUSE_AT` unsent bytes, the fifo is
+not read until they are written (the tender then blocks on its full pipe).
+A subscriber that takes nothing for :data:`STALL_TIMEOUT` seconds meanwhile,
+or has more than :data:`MAX_PENDING` bytes unsent, is dropped like one whose
+write failed.
 """
 
 from __future__ import annotations
@@ -32,12 +37,20 @@ log = logging.getLogger("albatross.console")
 MAX_REQUEST = 64 * 1024
 #: unsent bytes a subscriber may have before it is dropped as too slow
 MAX_PENDING = 1 << 20
+#: unsent bytes to one subscriber at which its unikernel's fifo is no longer read
+PAUSE_AT = 256 * 1024
+#: seconds a subscriber may take nothing while its unikernel's fifo is not read
+STALL_TIMEOUT = 5.0
 #: bytes taken from a fifo per wake-up (split in 512-byte pieces like upstream)
 READ_SIZE = 32 * LINE_LIMIT
 
 
 
 Subscriber = Peer  #: one subscribed client connection (with its wire version)
+
+
+def _unsent(sub: Subscriber) -> int:
+    return sub.conn.writer.transport.get_write_buffer_size()
 
 
 def data_frame(name: Name, version: int, ts: Ptime, line: bytes) -> bytes:
@@ -53,6 +66,7 @@ class FifoReader:
         self.fd = fd
         self.ring = ring
         self.splitter = LineSplitter()
+        self.paused = False
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(fd, self._readable)  # raises for non-pollable files
 
@@ -71,7 +85,20 @@ class FifoReader:
             return
         lines = self.splitter.feed_chunked(data)
         if lines:
-            self.daemon.output(self.name, self.ring, lines)
+            congested = self.daemon.output(self.name, self.ring, lines)
+            if congested:
+                self.pause()
+                self.loop.create_task(self.daemon.relieve(self, congested))
+
+    def pause(self) -> None:
+        if self.fd >= 0 and not self.paused:
+            self.loop.remove_reader(self.fd)
+            self.paused = True
+
+    def resume(self) -> None:
+        if self.fd >= 0 and self.paused:
+            self.paused = False
+            self.loop.add_reader(self.fd, self._readable)
 
     def stop(self) -> None:
         if self.fd < 0:
@@ -125,18 +152,50 @@ class ConsoleDaemon:
             del self.readers[reader.name]
             self.state.finished(reader.name)
 
-    def output(self, name: Name, ring: Ring, lines: list[bytes]) -> None:
+    def output(self, name: Name, ring: Ring, lines: list[bytes]) -> list[Subscriber]:
+        """Store and send lines; returns the subscribers with :data:`PAUSE_AT` bytes unsent."""
         now = Ptime.now()
         subs = self.state.output(name, ring, lines, now)
         frames: dict[int, list[bytes]] = {}
+        congested = []
         for version, sub in subs:
             data = frames.get(version)
             if data is None:
                 data = frames[version] = [data_frame(name, version, now, line) for line in lines]
             if not sub.send(b"".join(data)):
-                log.info("dropping subscriber of %s (write failed or too slow)", name)
-                sub.close()
-                self.state.unsubscribe(name, sub)
+                self._drop(name, sub, "write failed or too slow")
+            elif _unsent(sub) >= PAUSE_AT:
+                congested.append(sub)
+        return congested
+
+    def _drop(self, name: Name, sub: Subscriber, why: str) -> None:
+        log.info("dropping subscriber of %s (%s)", name, why)
+        sub.close()
+        self.state.unsubscribe(name, sub)
+
+    async def relieve(self, reader: FifoReader, congested: list[Subscriber]) -> None:
+        """Read the paused fifo of ``reader`` again once ``congested`` took their output
+        (or were dropped for taking nothing for :data:`STALL_TIMEOUT` seconds)."""
+        loop = asyncio.get_running_loop()
+        try:
+            for sub in congested:
+                last, progress_at = _unsent(sub), loop.time()
+                while not sub.closed and not sub.conn.writer.transport.is_closing():
+                    try:
+                        await asyncio.wait_for(sub.conn.writer.drain(), 0.5)
+                        break
+                    except asyncio.TimeoutError:
+                        pass
+                    except (ConnectionError, OSError, RuntimeError):
+                        break  # the next write fails and drops it
+                    now = _unsent(sub)
+                    if now < last:
+                        last, progress_at = now, loop.time()
+                    elif loop.time() - progress_at >= STALL_TIMEOUT:
+                        self._drop(reader.name, sub, f"took nothing for {STALL_TIMEOUT:g} s")
+                        break
+        finally:
+            reader.resume()
 
     # -- connections ----------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
