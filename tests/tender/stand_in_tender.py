@@ -19,6 +19,9 @@ program of whitespace-separated commands:
     fault         hvt: status 255; spt: killed by SIGSEGV
     spam N        print N numbered lines as fast as possible
     netsend N     send N broadcast Ethernet frames on every network device
+    netrecv       from now on read (and drop) what arrives on every network
+                  device, in the background, like a unikernel's net stack
+    busy S        burn CPU for S seconds (float)
     longline N    write N bytes "x" with no newline
     reject-name   (anywhere) exit 64 if the first argument is --name=...
 
@@ -42,6 +45,7 @@ import re
 import signal
 import struct
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -322,6 +326,15 @@ def banner(cmd: Command, manifest: elf.Manifest) -> None:
         CONSOLE.line(f"Solo5: Application acquired '{name}' as {kind} device")
 
 
+def _drain(fd: int) -> None:
+    while True:
+        try:
+            if not os.read(fd, 65536):
+                return
+        except OSError:
+            return
+
+
 def run_program(args: list[str]) -> None:
     words = " ".join(args).split()
     reject_name = "reject-name" in words
@@ -381,6 +394,13 @@ def run_program(args: list[str]) -> None:
             for _ in range(arg()):
                 for fd in NET_FDS:
                     os.write(fd, FRAME)
+        elif w == "netrecv":
+            for fd in NET_FDS:
+                threading.Thread(target=_drain, args=(fd,), daemon=True).start()
+        elif w == "busy":
+            end = time.monotonic() + arg(float)
+            while time.monotonic() < end:
+                sum(range(1000))
         elif w == "longline":
             CONSOLE.write("x" * arg())
         else:
