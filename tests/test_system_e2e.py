@@ -15,7 +15,9 @@ import datetime as dt
 import os
 import re
 import socket
+import subprocess
 import time
+import urllib.request
 
 import pytest
 
@@ -207,6 +209,14 @@ def test_interface_counters_follow_traffic_both_ways(net_system):
     line = stream.until(r"^bridge service ")[-1]
     g = re.search(r"input_packets (\d+) .* output_packets (\d+) ", line)
     assert int(g.group(1)) >= 30 and int(g.group(2)) >= now.output_packets
+    stream.close()
+    # a restarted albatross-stats is told the unikernel's taps again
+    s.stop("albatross-stats")
+    s.start_stats(0.3)
+    with subscribe_stats(s, "web") as sub:
+        st = stats_data(sub).stats
+        assert [i.bridge for i in st.ifdata] == ["service"]
+        assert st.ifdata[0].output_packets >= now.output_packets
 
 
 # ----------------------------------------------------------------- 3. influx
@@ -237,9 +247,43 @@ def test_influx_stores_the_samples(tmp_path, net_system):
         s.stop("albatross-stats")
         s.start_stats(0.3)
         wait(lambda: len(rows("resource_usage")) > n + 2, "points after a stats restart", timeout=20)
+        # albatrossd restarts: the unikernel comes back and its new process is reported
+        n = len(rows("kinfo_mem"))
+        s.stop("albatrossd")
+        s.start_albatrossd()
+        wait(lambda: "[unikernel: :web]" in s.client("info"), "the unikernel to come back")
+        wait(lambda: len(rows("kinfo_mem")) > n + 2, "points after an albatrossd restart", timeout=20)
+        # albatross-influx itself restarts
+        s.stop("albatross-influx")
+        n = len(rows("resource_usage"))
+        s.start_influx(influxd.write_url("albatross"))
+        wait(lambda: len(rows("resource_usage")) > n + 2, "points after an influx restart", timeout=20)
+        # influxd goes away for a while: albatross-influx keeps running and writes again later
+        influxd.stop()
+        time.sleep(1)
+        assert s.alive("albatross-influx")
+        restart_influxd(influxd)
+        n = len(rows("resource_usage"))
+        wait(lambda: len(rows("resource_usage")) > n + 2, "points after an influxd restart", timeout=20)
         assert s.alive("albatross-influx")
     finally:
         influxd.stop()
+
+
+def restart_influxd(influxd: Influxd) -> None:
+    """Start the stopped influxd again: same configuration, ports and data."""
+    with open(influxd.log_path, "ab") as out:
+        influxd.proc = subprocess.Popen([INFLUXD, "-config", os.path.join(influxd.dir, "influxdb.conf")],
+                                        stdout=out, stderr=subprocess.STDOUT)
+
+    def up() -> bool:
+        assert influxd.proc.poll() is None, "influxd exited"
+        try:
+            with urllib.request.urlopen(influxd.url("/ping"), timeout=1) as r:
+                return r.status == 204
+        except OSError:
+            return False
+    wait(up, "influxd to come back", timeout=30, interval=0.1)
 
 
 # --------------------------------------------------------------- 4. restarts
@@ -275,6 +319,10 @@ def test_restart_console(system, image):
     time.sleep(0.6)  # "first" keeps printing while nobody reads its fifo
     live.rest()  # the subscription ends with albatross-console
     ticks = [int(x.rsplit(" ", 1)[1]) for x in live.seen if re.search(r": tick \d+$", x)]
+    # without albatross-console a create fails cleanly (as upstream) and leaves nothing behind
+    out = system.client("create", "early", image, "--arg=forever", code=117)
+    assert "console failed" in out, out
+    assert len(system.tenders()) == 1 and "early" not in system.client("info")
     system.start_console()
     # right away (before albatrossd's idle check notices): a create reconnects to the console
     system.client("create", "second", image, "--arg=print second-up", "--arg=forever")
