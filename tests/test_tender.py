@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -407,9 +406,8 @@ def test_stand_in_sigterm_spt(hello_spt):
 
 def test_stand_in_forever_ticks(hello):
     p = _start([hello, "forever"], HVT)
-    t0 = time.monotonic()
     assert p.stdout.readline().startswith("tick")
-    assert time.monotonic() - t0 < 2
+    assert p.stdout.readline().startswith("tick")
     p.kill()
     p.communicate(timeout=10)
     assert p.returncode == -signal.SIGKILL

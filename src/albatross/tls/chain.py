@@ -295,15 +295,27 @@ def _verify_error(errno: int) -> str:
 def _verify_callback(anchors: list[x509.Certificate], tls_client: bool):
     anchor_ders = {_der(a) for a in anchors}
 
+    # pyOpenSSL keeps an exception raised by a verify callback on the
+    # *context* and re-raises it from whichever connection of that context
+    # next reports an SSL condition (even WantRead), so under concurrent
+    # handshakes one client's rejection would surface in another's.  The
+    # callback therefore never raises: it records the reason on its own
+    # connection (see TlsStream) and returns False.
     def callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-        if not ok:
-            raise ChainError(f"certificate verification failed at depth {depth}: {_verify_error(errno)}")
-        c = cert.to_cryptography()
-        if depth == 0:
-            check_path_cert(c, "leaf", tls_client=tls_client)
-        elif _der(c) not in anchor_ders:
-            check_path_cert(c, "issuer")
-        return True
+        try:
+            if not ok:
+                raise ChainError(f"certificate verification failed at depth {depth}: {_verify_error(errno)}")
+            c = cert.to_cryptography()
+            if depth == 0:
+                check_path_cert(c, "leaf", tls_client=tls_client)
+            elif _der(c) not in anchor_ders:
+                check_path_cert(c, "issuer")
+            return True
+        except Exception as e:  # noqa: BLE001 - recorded per connection, never raised here
+            problems = conn.get_app_data()
+            if isinstance(problems, list) and not problems:
+                problems.append(e if isinstance(e, ChainError) else ChainError(f"certificate check failed: {e}"))
+            return False
     return callback
 
 
@@ -365,6 +377,8 @@ class TlsStream:
                 pass
         self.sock = sock
         self.conn = SSL.Connection(ctx, sock)
+        self.verify_problems: list[ChainError] = []
+        self.conn.set_app_data(self.verify_problems)
         if server:
             self.conn.set_accept_state()
         else:
@@ -389,7 +403,12 @@ class TlsStream:
 
     def handshake(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._retry(self.conn.do_handshake, deadline)
+        try:
+            self._retry(self.conn.do_handshake, deadline)
+        except SSL.Error:
+            if self.verify_problems:  # the precise reason of our own verify callback
+                raise self.verify_problems[0] from None
+            raise
 
     def recv(self, n: int = 65536, timeout: float | None = None) -> bytes:
         """Some bytes, b'' at EOF (clean or not)."""
