@@ -226,6 +226,42 @@ def parse_name(s: str) -> Name:
 
 # ---------------------------------------------------------- reply handling
 
+class DumpProgress:
+    """Bytes received so far while a block device is dumped, on one
+    rewritten line of stderr (only when it is a terminal: the dump size is
+    not known in advance, so this counts rather than draws a bar)."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.received = 0
+        self.shown = -1
+
+    @staticmethod
+    def human(n: int) -> str:
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if n < 1024 or unit == "GiB":
+                return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            n /= 1024
+        raise AssertionError("unreachable")
+
+    def update(self, n: int) -> None:
+        self.received += n
+        if self.received - self.shown >= 1 << 20 or self.shown < 0:
+            self._show()
+
+    def _show(self) -> None:
+        self.shown = self.received
+        self.stream.write(f"\r{self.label}: {self.human(self.received)} received")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.shown >= 0:
+            self._show()
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 class ReplyHandler:
     """Consumes the replies to one command; tells when and how it ends.
 
@@ -241,6 +277,7 @@ class ReplyHandler:
         self.dump_path: str | None = None
         self.inflater = None
         self.on_reply: Callable[[Wire], None] | None = None
+        self.progress: DumpProgress | None = None
 
     def handle(self, w: Wire) -> int | None:
         p = w.payload
@@ -262,6 +299,8 @@ class ReplyHandler:
                 self.dump_path = dump_filename(w.header.name)
                 self.dump_file = open(self.dump_path, "wb")
                 self.inflater = zlib.decompressobj() if p.compressed else None
+                if sys.stderr.isatty():
+                    self.progress = DumpProgress(f"dumping {w.header.name}")
                 return None
             return None if self.mode in ("read", "dump") else SUCCESS
         if isinstance(p, m.BlockData):
@@ -272,6 +311,8 @@ class ReplyHandler:
                 if self.inflater is not None:
                     self.dump_file.write(self.inflater.flush())
                 self.dump_file.close()
+                if self.progress is not None:
+                    self.progress.finish()
                 app(f"dumped to {self.dump_path}")
                 return SUCCESS
             try:
@@ -280,6 +321,8 @@ class ReplyHandler:
                 error(f"failed to uncompress: {e} while dumping {self.dump_path}")
                 return COMMUNICATION_FAILED
             self.dump_file.write(chunk)
+            if self.progress is not None:
+                self.progress.update(len(p.data))
             return None
         if self.mode == "read":
             app(pretty.wire(w, verbose()))
