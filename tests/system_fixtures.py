@@ -218,17 +218,17 @@ class System:
     def start_albatrossd(self) -> subprocess.Popen:
         return self.start("albatrossd", "--dbdir", self.dbdir)
 
-    def start_stats(self, interval: float = 0.5) -> subprocess.Popen:
-        return self.start("albatross-stats", "--interval", str(interval))
+    def start_stats(self, interval: float = 0.5, *extra: str) -> subprocess.Popen:
+        return self.start("albatross-stats", "--interval", str(interval), *extra)
 
     def start_influx(self, url: str) -> subprocess.Popen:
         # outside the namespace: influxd listens on the host's loopback
         return self.start("albatross-influx", "--influx", url, "--retry-delay", "0.3", in_netns=False)
 
-    def start_all(self, interval: float = 0.5) -> None:
+    def start_all(self, interval: float = 0.5, stats_args: tuple[str, ...] = ()) -> None:
         self.start_console()
         self.start_albatrossd()
-        self.start_stats(interval)
+        self.start_stats(interval, *stats_args)
         # albatross-stats has handshaken with albatrossd
         wait(lambda: "connected to vmmd" in self.log("albatross-stats"), "albatross-stats to reach albatrossd")
 

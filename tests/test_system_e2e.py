@@ -182,6 +182,55 @@ def test_stats_cpu_time_and_memory(system, image):
     system.client("destroy", "cpu")
 
 
+def kvm_debugfs() -> str | None:
+    """Why KVM statistics cannot be had here, or None (mounts debugfs as
+    systemd does at boot when it is missing and we are root)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not accessible"
+    if not os.path.isdir("/sys/kernel/debug/kvm"):
+        if os.geteuid() == 0 and not os.listdir("/sys/kernel/debug"):
+            subprocess.run(["mount", "-t", "debugfs", "debugfs", "/sys/kernel/debug"], capture_output=True)
+        if not os.path.isdir("/sys/kernel/debug/kvm"):
+            return "debugfs with KVM statistics (/sys/kernel/debug/kvm) is not available"
+    return None
+
+
+def test_kvm_counters_of_an_hvt_guest(tmp_path, image):
+    why = kvm_debugfs()
+    if why is not None:
+        pytest.skip(why)
+    s = System(tmp_path)
+    try:
+        s.start_all(stats_args=("--gather-bhyve-stats",))
+        s.client("create", "guest", image, "--arg=kvm", "--arg=forever")
+        s.client("create", "plain", image, "--arg=forever")
+        with subscribe_stats(s) as sub:
+            for _ in range(10):  # the first rounds may come before the VM exists
+                guest = stats_data(sub, "guest").stats
+                if guest.vmm is not None:
+                    break
+            assert guest.vmm is not None, "no KVM counters for the hvt guest"
+            plain = stats_data(sub, "plain").stats
+        (pid,) = [p.pid for p in s.tenders() if "kvm" in p.cmdline()]
+        vmdirs = [d for d in os.listdir("/sys/kernel/debug/kvm") if d.startswith(f"{pid}-")]
+        assert len(vmdirs) == 1
+        names = [k for k, _ in guest.vmm]
+        assert names == sorted(names) and len(names) >= 1 and all(v >= 0 for _, v in guest.vmm)
+        # exactly the scalar counters the kernel lets us read
+        readable = []
+        for n in os.listdir(f"/sys/kernel/debug/kvm/{vmdirs[0]}"):
+            try:
+                text = open(f"/sys/kernel/debug/kvm/{vmdirs[0]}/{n}").read().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                readable.append(n)
+        assert names == sorted(readable)
+        assert plain.vmm is None  # no VM of its own
+    finally:
+        s.teardown()
+
+
 def test_interface_counters_follow_traffic_both_ways(net_system):
     s = net_system
     # the unikernel reads its net device and, after a while, sends 30 frames itself

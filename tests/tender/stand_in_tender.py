@@ -22,6 +22,10 @@ program of whitespace-separated commands:
     netrecv       from now on read (and drop) what arrives on every network
                   device, in the background, like a unikernel's net stack
     busy S        burn CPU for S seconds (float)
+    kvm           create a KVM virtual machine with one vCPU on /dev/kvm and
+                  keep it until the end (so the kernel keeps KVM statistics
+                  for this process, as for a real hvt guest); "kvm failed:
+                  REASON" and status 1 when /dev/kvm refuses
     longline N    write N bytes "x" with no newline
     reject-name   (anywhere) exit 64 if the first argument is --name=...
 
@@ -335,6 +339,18 @@ def _drain(fd: int) -> None:
             return
 
 
+KVM_FDS: list[int] = []
+KVM_CREATE_VM = 0xAE01    # _IO(KVMIO, 0x01)
+KVM_CREATE_VCPU = 0xAE41  # _IO(KVMIO, 0x41)
+
+
+def create_kvm_vm() -> list[int]:
+    kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    vm = fcntl.ioctl(kvm, KVM_CREATE_VM, 0)
+    vcpu = fcntl.ioctl(vm, KVM_CREATE_VCPU, 0)
+    return [kvm, vm, vcpu]
+
+
 def run_program(args: list[str]) -> None:
     words = " ".join(args).split()
     reject_name = "reject-name" in words
@@ -401,6 +417,13 @@ def run_program(args: list[str]) -> None:
             end = time.monotonic() + arg(float)
             while time.monotonic() < end:
                 sum(range(1000))
+        elif w == "kvm":
+            try:
+                KVM_FDS.extend(create_kvm_vm())
+            except OSError as e:
+                CONSOLE.line(f"kvm failed: {e.strerror}")
+                solo5_exit(1)
+            CONSOLE.line("kvm vm created")
         elif w == "longline":
             CONSOLE.write("x" * arg())
         else:

@@ -6,9 +6,12 @@ It connects to albatrossd (``util/vmmd.sock``), announces itself with
 commands albatrossd sends on that connection; it also serves its own socket
 ``util/stat.sock``.  Every ``--interval`` seconds each unikernel with a
 subscriber is sampled: rusage and memory from /proc (pure mapping in
-:mod:`.stats_core`), tap counters from one netlink link dump.  No vmm
-counters on Linux (KVM statistics are not readable for the tender's pid
-without debugfs and root).
+:mod:`.stats_core`), tap counters from one netlink link dump.  With
+``--gather-bhyve-stats`` (upstream's flag: BHyve's vmm counters on FreeBSD)
+the vmm counters of an hvt guest are KVM's statistics of that process's VM,
+read from debugfs (``/sys/kernel/debug/kvm/<pid>-<fd>/``): they need debugfs
+mounted and readable; counters the kernel refuses (lockdown) are left out,
+and a guest without any gets none, like a spt one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import logging
 import os
 import platform
+import re
 import socket
 
 import click
@@ -30,7 +34,7 @@ from .common import (
     Conn, Peer, daemon_options, open_unix, run_cli, sd_notify, service_socket, setup_logging, socket_path,
 )
 from .metrics import influx_option, run_with_metrics
-from .stats_core import ProcError, Registration, StatsState, ifdata_of_link, linux_rusage
+from .stats_core import ProcError, Registration, StatsState, ifdata_of_link, kvm_counters, linux_rusage
 
 log = logging.getLogger("albatross.stats")
 
@@ -91,6 +95,61 @@ class LinkCounters:
             self._ipr = None
 
 
+KVM_DEBUGFS = "/sys/kernel/debug/kvm"
+_KVM_VM_DIR = re.compile(r"(\d+)-\d+")
+
+
+class KvmCounters:
+    """KVM statistics of guests by tender pid, from debugfs.  Files that
+    cannot be read (EPERM under kernel lockdown) are remembered and not
+    tried again for that directory."""
+
+    def __init__(self, root: str = KVM_DEBUGFS):
+        self.root = root
+        self.unreadable: dict[str, set[str]] = {}
+        self.warned = False
+
+    def scan(self) -> dict[int, str]:
+        """{pid: VM directory} of the guests that exist now."""
+        try:
+            names = os.listdir(self.root)
+        except OSError as e:
+            if not self.warned:
+                self.warned = True
+                log.warning("KVM statistics unavailable (%s: %s); is debugfs mounted?", self.root, e.strerror)
+            return {}
+        out = {}
+        for n in names:
+            mo = _KVM_VM_DIR.fullmatch(n)
+            if mo:
+                out.setdefault(int(mo.group(1)), os.path.join(self.root, n))
+        live = set(out.values())
+        for gone in [d for d in self.unreadable if d not in live]:
+            del self.unreadable[gone]
+        return out
+
+    def read(self, vmdir: str) -> tuple[tuple[str, int], ...] | None:
+        skip = self.unreadable.setdefault(vmdir, set())
+        entries = []
+        try:
+            names = os.listdir(vmdir)
+        except OSError:
+            return None
+        for n in names:
+            if n in skip:
+                continue
+            try:
+                with open(os.path.join(vmdir, n), encoding="ascii", errors="replace") as fh:
+                    entries.append((n, fh.read(64)))
+            except IsADirectoryError:
+                skip.add(n)
+            except PermissionError:
+                skip.add(n)
+            except OSError:  # the guest went away meanwhile
+                return None
+        return kvm_counters(entries)
+
+
 def resolve_tap(tap: str) -> int | None:
     try:
         return socket.if_nametoindex(tap)
@@ -98,7 +157,8 @@ def resolve_tap(tap: str) -> int | None:
         return None
 
 
-def make_sampler(links: dict[int, tuple[int, int, dict]]):
+def make_sampler(links: dict[int, tuple[int, int, dict]], kvm: KvmCounters | None = None,
+                 kvm_dirs: dict[int, str] | None = None):
     def sample(reg: Registration) -> Stats | ProcError:
         ru = proc_rusage(reg.pid)
         if isinstance(ru, ProcError):
@@ -111,18 +171,22 @@ def make_sampler(links: dict[int, tuple[int, int, dict]]):
                 continue
             ifd.append(ifdata_of_link(netname, *link))
         ifd.reverse()  # upstream accumulates by prepending
-        return Stats(ru[0], ru[1], None, tuple(ifd))
+        vmm = None
+        if kvm is not None and kvm_dirs and reg.pid in kvm_dirs:
+            vmm = kvm.read(kvm_dirs[reg.pid])
+        return Stats(ru[0], ru[1], vmm, tuple(ifd))
     return sample
 
 
 # ------------------------------------------------------------------ daemon
 
 class StatsDaemon:
-    def __init__(self, tmpdir: str, interval: float):
+    def __init__(self, tmpdir: str, interval: float, kvm: KvmCounters | None = None):
         self.tmpdir = tmpdir
         self.interval = interval
         self.state: StatsState[Peer] = StatsState(log.info)
         self.links = LinkCounters()
+        self.kvm = kvm
 
     async def serve_conn(self, conn: Conn) -> None:
         """Answer commands on a connection until it fails or a failure is replied."""
@@ -159,7 +223,8 @@ class StatsDaemon:
         if any(r.nics for r in self.state.units.values()):
             # pyroute2's synchronous API refuses to run inside an event loop
             links = await asyncio.to_thread(self.links.dump)
-        outs, _dropped = self.state.tick(make_sampler(links))
+        kvm_dirs = self.kvm.scan() if self.kvm is not None and self.state.units else None
+        outs, _dropped = self.state.tick(make_sampler(links, self.kvm, kvm_dirs))
         sent = 0
         for peer, w in outs:
             if peer.send(frame(encode_wire(w))):
@@ -213,8 +278,8 @@ class StatsDaemon:
             self.state.reset()
 
 
-async def serve(tmpdir: str, systemd: bool, interval: float) -> None:
-    daemon = StatsDaemon(tmpdir, interval)
+async def serve(tmpdir: str, systemd: bool, interval: float, kvm: KvmCounters | None = None) -> None:
+    daemon = StatsDaemon(tmpdir, interval, kvm)
     sock = service_socket(tmpdir, "stats", systemd)
     server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=MAX_REQUEST)
     tasks = [asyncio.create_task(daemon.vmmd()), asyncio.create_task(daemon.timer())]
@@ -238,16 +303,22 @@ def _interval(_ctx, _param, value: float) -> float:
 @daemon_options
 @click.option("--interval", type=float, default=10, show_default=True, callback=_interval,
               help="Interval between statistics gatherings (in seconds).")
-@click.option("--gather-bhyve-stats", is_flag=True, help="Gather BHyve debug statistics (FreeBSD only).")
+@click.option("--gather-bhyve-stats", is_flag=True,
+              help="Gather hypervisor debug statistics (FreeBSD: BHyve's vmm counters; "
+                   "Linux: KVM's from debugfs).")
 @influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, interval: float,
             gather_bhyve_stats: bool, influx: str | None) -> None:
     """Statistics collection of unikernels."""
     setup_logging("albatross-stats", verbosity, use_syslog)
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
-    if gather_bhyve_stats and platform.system() != "FreeBSD":
-        log.warning("--gather-bhyve-stats only works on FreeBSD, ignored")
-    asyncio.run(run_with_metrics(serve(tmpdir, systemd, interval), influx, "albatross_stats"))
+    kvm = None
+    if gather_bhyve_stats:
+        if platform.system() == "Linux":
+            kvm = KvmCounters()
+        else:
+            log.warning("--gather-bhyve-stats: BHyve's vmm counters are not implemented here, ignored")
+    asyncio.run(run_with_metrics(serve(tmpdir, systemd, interval, kvm), influx, "albatross_stats"))
 
 
 def main(argv: list[str] | None = None) -> None:

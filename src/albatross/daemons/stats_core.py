@@ -4,6 +4,8 @@
   ``status`` to the wire's rusage and kinfo_mem exactly as upstream does
   (rss and maxrss stay in pages, like upstream; no page-size conversion).
 * :func:`ifdata_of_link` maps netlink link counters to an ``Ifdata``.
+* :func:`kvm_counters` picks the scalar KVM statistics of a guest out of
+  its debugfs files (Linux's counterpart of BHyve's vmm counters).
 * :class:`StatsState` holds the registered unikernels and the subscribers
   and decides what each command replies and what each sampling round sends.
 
@@ -12,11 +14,11 @@ Errors are values (:class:`ProcError`), never exceptions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ..core import Ifdata, KinfoMem, Rusage, Stats, Timeval
+from ..core import MAX_INT, Ifdata, KinfoMem, Rusage, Stats, Timeval
 from ..policy.names import Name
 from ..wire import Header, Wire
 from ..wire import messages as m
@@ -102,6 +104,23 @@ def ifdata_of_link(bridge: str, flags: int, mtu: int, counters: Mapping[str, int
         collisions=c("collisions"), input_bytes=c("rx_bytes"), output_bytes=c("tx_bytes"),
         input_mcast=c("multicast"), output_mcast=0,
         input_dropped=c("rx_dropped"), output_dropped=c("tx_dropped"))
+
+
+def kvm_counter(text: str) -> int | None:
+    """One KVM statistic as debugfs shows it: a single non-negative decimal
+    integer (histograms and other shapes give None).  Clamped to the wire's
+    integer range."""
+    t = text.strip()
+    if not t.isascii() or not t.isdigit():
+        return None
+    return min(int(t), MAX_INT)
+
+
+def kvm_counters(entries: Iterable[tuple[str, str]]) -> tuple[tuple[str, int], ...] | None:
+    """(name, value) pairs of the scalar counters among debugfs ``entries``
+    (file name, content), sorted by name; None when there are none."""
+    out = sorted((name, v) for name, text in entries if (v := kvm_counter(text)) is not None)
+    return tuple(out) or None
 
 
 # ------------------------------------------------------------------ state
