@@ -141,9 +141,7 @@ class KvmCounters:
             try:
                 with open(os.path.join(vmdir, n), encoding="ascii", errors="replace") as fh:
                     entries.append((n, fh.read(64)))
-            except IsADirectoryError:
-                skip.add(n)
-            except PermissionError:
+            except (IsADirectoryError, PermissionError):  # a directory, or refused under lockdown
                 skip.add(n)
             except OSError:  # the guest went away meanwhile
                 return None
