@@ -234,3 +234,47 @@ def test_client_stats_add_remove_subscribe(tmp_path):
         assert r.returncode == 0 and "removed" in r.stdout
     finally:
         d.stop()
+
+
+def test_kvm_counters_from_a_debugfs_tree(tmp_path, monkeypatch, caplog):
+    """KvmCounters over a directory shaped like /sys/kernel/debug/kvm: one
+    entry per VM named <pid>-<fd>, a file per statistic; directories and
+    files the kernel refuses are skipped, a vanished guest gives None."""
+    from albatross.daemons import stats
+
+    root = tmp_path / "kvm"
+    absent = stats.KvmCounters(str(root))
+    assert absent.scan() == {} and absent.scan() == {}
+    assert caplog.text.count("KVM statistics unavailable") == 1  # warned once
+    root.mkdir()
+    vm = root / "4242-11"
+    vm.mkdir()
+    (vm / "exits").write_text("17\n")
+    (vm / "blocking").write_text("0\n")
+    (vm / "halt_poll_fail_hist").write_text("0 1 2\n")
+    (vm / "secret").write_text("5\n")
+    (vm / "vcpu0").mkdir()
+    (root / "efi").mkdir()  # not a VM directory
+    (root / "mmu").write_text("x")
+    kvm = stats.KvmCounters(str(root))
+    assert kvm.scan() == {4242: str(vm)}
+
+    real_open = open
+    tried = []
+
+    def refusing_open(path, *a, **kw):
+        tried.append(os.path.basename(path))
+        if os.path.basename(path) == "secret":  # as under kernel lockdown
+            raise PermissionError(1, "Operation not permitted")
+        return real_open(path, *a, **kw)
+    monkeypatch.setattr(stats, "open", refusing_open, raising=False)
+    assert kvm.read(str(vm)) == (("blocking", 0), ("exits", 17))
+    assert kvm.unreadable[str(vm)] == {"secret", "vcpu0"}
+    tried.clear()
+    (vm / "exits").write_text("18\n")
+    assert kvm.read(str(vm)) == (("blocking", 0), ("exits", 18))
+    assert "secret" not in tried and "vcpu0" not in tried  # not tried again
+    # the guest goes away: None now, and its remembered entries are dropped at the next scan
+    shutil.rmtree(vm)
+    assert kvm.read(str(vm)) is None
+    assert kvm.scan() == {} and str(vm) not in kvm.unreadable
