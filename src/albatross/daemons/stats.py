@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import socket
+from collections.abc import Callable
 
 import click
 
@@ -96,6 +97,7 @@ class LinkCounters:
 
 
 KVM_DEBUGFS = "/sys/kernel/debug/kvm"
+VmmOf = Callable[[int], "tuple[tuple[str, int], ...] | None"]
 _KVM_VM_DIR = re.compile(r"(\d+)-\d+")
 
 
@@ -147,6 +149,11 @@ class KvmCounters:
                 return None
         return kvm_counters(entries)
 
+    def reader(self) -> VmmOf:
+        """Counters by tender pid for one sampling round (one scan of debugfs)."""
+        dirs = self.scan()
+        return lambda pid: self.read(dirs[pid]) if pid in dirs else None
+
 
 def resolve_tap(tap: str) -> int | None:
     try:
@@ -155,8 +162,11 @@ def resolve_tap(tap: str) -> int | None:
         return None
 
 
-def make_sampler(links: dict[int, tuple[int, int, dict]], kvm: KvmCounters | None = None,
-                 kvm_dirs: dict[int, str] | None = None):
+def no_vmm(_pid: int) -> None:
+    return None
+
+
+def make_sampler(links: dict[int, tuple[int, int, dict]], vmm_of: VmmOf = no_vmm):
     def sample(reg: Registration) -> Stats | ProcError:
         ru = proc_rusage(reg.pid)
         if isinstance(ru, ProcError):
@@ -169,10 +179,7 @@ def make_sampler(links: dict[int, tuple[int, int, dict]], kvm: KvmCounters | Non
                 continue
             ifd.append(ifdata_of_link(netname, *link))
         ifd.reverse()  # upstream accumulates by prepending
-        vmm = None
-        if kvm is not None and kvm_dirs and reg.pid in kvm_dirs:
-            vmm = kvm.read(kvm_dirs[reg.pid])
-        return Stats(ru[0], ru[1], vmm, tuple(ifd))
+        return Stats(ru[0], ru[1], vmm_of(reg.pid), tuple(ifd))
     return sample
 
 
@@ -221,8 +228,8 @@ class StatsDaemon:
         if any(r.nics for r in self.state.units.values()):
             # pyroute2's synchronous API refuses to run inside an event loop
             links = await asyncio.to_thread(self.links.dump)
-        kvm_dirs = self.kvm.scan() if self.kvm is not None and self.state.units else None
-        outs, _dropped = self.state.tick(make_sampler(links, self.kvm, kvm_dirs))
+        vmm_of = self.kvm.reader() if self.kvm is not None and self.state.units else no_vmm
+        outs, _dropped = self.state.tick(make_sampler(links, vmm_of))
         sent = 0
         for peer, w in outs:
             if peer.send(frame(encode_wire(w))):
