@@ -239,11 +239,14 @@ class DumpProgress:
 
     @staticmethod
     def human(n: int) -> str:
-        for unit in ("B", "KiB", "MiB", "GiB"):
-            if n < 1024 or unit == "GiB":
-                return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-            n /= 1024
-        raise AssertionError("unreachable")
+        if n < 1024:
+            return f"{n} B"
+        size, unit = n / 1024, "KiB"
+        for bigger in ("MiB", "GiB"):
+            if size < 1024:
+                break
+            size, unit = size / 1024, bigger
+        return f"{size:.1f} {unit}"
 
     def update(self, n: int) -> None:
         self.received += n
