@@ -180,38 +180,3 @@ def test_kvm_counters_sorted_scalars_or_none():
         (("blocking", 0), ("exits", 7))
     assert kvm_counters([("hist", "1 2\n")]) is None
     assert kvm_counters([]) is None
-
-
-def test_kvm_debugfs_reader(tmp_path, monkeypatch):
-    from albatross.daemons import stats as stats_daemon
-    vm = tmp_path / "1234-11"
-    (vm / "vcpu0").mkdir(parents=True)
-    (vm / "vcpu0" / "pid").write_text("1235\n")
-    (vm / "exits").write_text("99\n")
-    (vm / "pages_4k").write_text("12\n")
-    (vm / "locked").write_text("5\n")
-    (vm / "halt_wait_hist").write_text("1 2 3\n")
-    (tmp_path / "5678-3").mkdir()
-    (tmp_path / "not-a-vm").mkdir()
-    real_open = open
-    attempts = []
-
-    def lockdown_open(path, *a, **kw):  # what kernel lockdown does to clearable counters
-        attempts.append(os.path.basename(path))
-        if os.path.basename(path) == "locked":
-            raise PermissionError(1, "Operation not permitted")
-        return real_open(path, *a, **kw)
-    monkeypatch.setattr(stats_daemon, "open", lockdown_open, raising=False)
-    kvm = stats_daemon.KvmCounters(str(tmp_path))
-    dirs = kvm.scan()
-    assert dirs == {1234: str(vm), 5678: str(tmp_path / "5678-3")}
-    assert kvm.read(dirs[1234]) == (("exits", 99), ("pages_4k", 12))
-    assert kvm.read(dirs[5678]) is None
-    attempts.clear()
-    (vm / "exits").write_text("100\n")
-    assert kvm.read(dirs[1234]) == (("exits", 100), ("pages_4k", 12))
-    assert "locked" not in attempts and "vcpu0" not in attempts  # not tried again
-    # a guest that went away is forgotten
-    (tmp_path / "5678-3").rmdir()
-    assert kvm.scan() == {1234: str(vm)} and set(kvm.unreadable) == {str(vm)}
-    assert stats_daemon.KvmCounters(str(tmp_path / "missing")).scan() == {}

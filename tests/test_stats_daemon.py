@@ -256,8 +256,10 @@ def test_kvm_counters_from_a_debugfs_tree(tmp_path, monkeypatch, caplog):
     (vm / "vcpu0").mkdir()
     (root / "efi").mkdir()  # not a VM directory
     (root / "mmu").write_text("x")
+    empty = root / "5678-3"  # a VM without any statistics
+    empty.mkdir()
     kvm = stats.KvmCounters(str(root))
-    assert kvm.scan() == {4242: str(vm)}
+    assert kvm.scan() == {4242: str(vm), 5678: str(empty)}
 
     real_open = open
     tried = []
@@ -270,11 +272,15 @@ def test_kvm_counters_from_a_debugfs_tree(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(stats, "open", refusing_open, raising=False)
     assert kvm.read(str(vm)) == (("blocking", 0), ("exits", 17))
     assert kvm.unreadable[str(vm)] == {"secret", "vcpu0"}
+    assert kvm.read(str(empty)) is None
     tried.clear()
     (vm / "exits").write_text("18\n")
     assert kvm.read(str(vm)) == (("blocking", 0), ("exits", 18))
     assert "secret" not in tried and "vcpu0" not in tried  # not tried again
+    # one sampling round: counters by tender pid, None for a pid without a VM
+    vmm_of = kvm.reader()
+    assert vmm_of(4242) == (("blocking", 0), ("exits", 18)) and vmm_of(5678) is None and vmm_of(1) is None
     # the guest goes away: None now, and its remembered entries are dropped at the next scan
     shutil.rmtree(vm)
     assert kvm.read(str(vm)) is None
-    assert kvm.scan() == {} and str(vm) not in kvm.unreadable
+    assert kvm.scan() == {5678: str(empty)} and set(kvm.unreadable) == {str(empty)}
