@@ -241,3 +241,39 @@ def test_only_sha2_or_ed25519_signatures():
     assert not pki.allowed_signature(Stub(hashes.SHA224()))
     assert pki.allowed_signature(Stub(hashes.SHA384()))
     assert not pki.allowed_signature(Stub(None))  # no hash is only fine for Ed25519
+
+
+class _Conn:
+    """What the verify callback sees of a connection: its app data."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def get_app_data(self):
+        return self.data
+
+
+def test_verify_callback_records_instead_of_raising(ca, user, monkeypatch):
+    """The callback never raises (pyOpenSSL would re-raise it in another
+    connection of the context): it keeps the first reason on its own
+    connection and refuses."""
+    from OpenSSL import crypto
+
+    from albatross.tls import chain
+    leaf, _ = ca.leaf("hello", INFO, *user)
+    cert = crypto.X509.from_cryptography(leaf)
+    cb = chain._verify_callback([ca.ca], tls_client=True)
+    problems: list = []
+    conn = _Conn(problems)
+    assert cb(conn, cert, 0, 0, 1) is True and problems == []
+    assert cb(conn, cert, 10, 0, 0) is False  # X509_V_ERR_CERT_HAS_EXPIRED
+    assert [str(p) for p in problems] == ["certificate verification failed at depth 0: certificate has expired"]
+    assert cb(conn, cert, 20, 1, 0) is False and len(problems) == 1  # the first reason is kept
+
+    def boom(*_a, **_kw):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(chain, "check_path_cert", boom)
+    other: list = []
+    assert cb(_Conn(other), cert, 0, 0, 1) is False
+    assert len(other) == 1 and isinstance(other[0], ChainError) and str(other[0]) == "certificate check failed: boom"
+    assert cb(_Conn(None), cert, 0, 0, 1) is False  # a connection without a record is still refused
