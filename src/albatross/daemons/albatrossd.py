@@ -34,8 +34,10 @@ from ..solo5 import elf, taps as taps_mod, tender as tender_mod
 from ..wire import messages as m
 from ..wire.framing import END
 from ..wire.messages import Header, Wire
+from ..wire import inflate as Z
+from ..wire import encode_wire, frame
 from ..wire.state import State, decode_state, encode_state
-from . import host
+from . import host, limits, safefs
 from . import vmmd_core as V
 from .common import (
     run_cli,
@@ -49,6 +51,15 @@ log = logging.getLogger("albatross.vmmd")
 
 CHUNK = 4096
 CONSOLE_FAILED = "could not create unikernel: console failed"
+#: seconds albatross-console may take to answer (the lock is held meanwhile)
+CONSOLE_TIMEOUT = 10.0
+#: seconds albatross-stats may take to answer one message (never under the lock)
+STATS_TIMEOUT = 5.0
+#: stats messages queued for albatross-stats before a peer that lags is dropped
+STATS_BACKLOG = 10_000
+#: payloads whose evaluation may inflate or deflate up to an image or a block:
+#: evaluated in a thread so that the event loop keeps serving
+HEAVY = (m.UnikernelGet, m.UnikernelRestart, m.UnikernelCreate, m.OldBlockAdd, m.OldBlockSet)
 
 
 class CreateError(AlbatrossError):
@@ -60,6 +71,7 @@ class Settings:
     tmpdir: str
     dbdir: str
     drop_path: bool = True
+    max_image_size: int = Z.DEFAULT_MAX_IMAGE
 
     def image_path(self, name: Name) -> str:
         return os.path.join(self.tmpdir, name.image_file())
@@ -152,16 +164,23 @@ def backup_state(dbdir: str) -> None:
 # Preparing and freeing system resources (blocking; run in a thread)
 # --------------------------------------------------------------------------
 
-def _image_of(config: UnikernelConfig) -> bytes:
+def _image_of(config: UnikernelConfig, max_size: int = Z.DEFAULT_MAX_IMAGE) -> bytes:
     if not config.compressed:
+        if len(config.image) > max_size:
+            raise CreateError(f"image exceeds the maximum of {max_size} bytes (--max-image-size)")
         return config.image
     try:
-        return zlib.decompress(config.image)
-    except zlib.error as e:
-        raise CreateError(f"failed to uncompress: {e}") from None
+        return Z.inflate(config.image, max_size, "image")
+    except Z.InflateError as e:
+        raise CreateError(e.message) from None
 
 
 def make_fifo(path: str) -> None:
+    """Create the console fifo (0640: albatross-console reads it through the group).
+
+    An existing entry is used only if it is a fifo owned by root (``lstat``:
+    a symlink is refused); the open in :func:`spawn_tender` checks again.
+    """
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -174,6 +193,8 @@ def make_fifo(path: str) -> None:
         return
     if not stat.S_ISFIFO(st.st_mode):
         raise CreateError(f"file {path} exists and is not a fifo")
+    if st.st_uid not in safefs.trusted_uids():
+        raise CreateError(f"fifo {path} exists and is not owned by root")
 
 
 def free_system_resources(settings: Settings, name: Name, taps: list[str] | tuple[str, ...]) -> None:
@@ -200,7 +221,7 @@ def prepare(settings: Settings, name: Name, config: UnikernelConfig) -> Prepared
     if config.typ != "solo5":
         raise CreateError("BHyve virtual machines are only supported on FreeBSD")
     try:
-        image = _image_of(config)
+        image = _image_of(config, settings.max_image_size)
         digest = hashlib.sha256(image).digest()
         abi = elf.query_abi(image)
         tender = tender_mod.find_tender(abi.target, abi.version, settings.dbdir)
@@ -208,8 +229,8 @@ def prepare(settings: Settings, name: Name, config: UnikernelConfig) -> Prepared
         elf.check_manifest(elf.query_manifest(image), config)
     except elf.Solo5Error as e:
         raise CreateError(e.message) from None
-    with open(settings.image_path(name), "wb") as fh:
-        fh.write(image)
+    # a fresh 0600 file renamed into place: neither the umask nor a planted symlink matter
+    safefs.write_file_atomic(settings.image_path(name), image)
     created: list[str] = []
     try:
         for bridge in config.host_bridges():
@@ -234,7 +255,10 @@ def spawn_tender(argv: list[str], fifo: str) -> int:
     first), so opening does not block; without a reader it fails (ENXIO).
     The tender gets a blocking descriptor, as upstream's.
     """
-    fd = os.open(fifo, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK)
+    try:
+        fd = safefs.open_checked(fifo, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK, "fifo")
+    except safefs.UnsafePath as e:
+        raise CreateError(e.message) from None
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
@@ -265,9 +289,20 @@ def status_of_wait(status: int) -> ExitStatus:
 
 def _block_dir(settings: Settings) -> str:
     d = os.path.join(settings.dbdir, "block")
-    if not os.path.isdir(d):
-        os.mkdir(d, 0o700)
+    try:
+        safefs.ensure_dir(d, "block device directory")
+    except safefs.UnsafePath as e:
+        raise CreateError(e.message) from None
     return d
+
+
+def open_block_file(settings: Settings, name: Name, flags: int = os.O_RDONLY) -> int:
+    """Open an existing block file: a regular file owned by root, never through a symlink."""
+    _block_dir(settings)
+    try:
+        return safefs.open_checked(settings.block_path(name), flags)
+    except safefs.UnsafePath as e:
+        raise CreateError(e.message) from None
 
 
 def create_block_file(settings: Settings, name: Name, size: int, data: bytes | None = None,
@@ -276,9 +311,11 @@ def create_block_file(settings: Settings, name: Name, size: int, data: bytes | N
     path = settings.block_path(name)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     try:
-        fd = os.open(path, flags, 0o600)
+        fd = safefs.open_checked(path, flags, mode=0o600)
     except FileExistsError:
         raise CreateError("file already exists") from None
+    except safefs.UnsafePath as e:
+        raise CreateError(e.message) from None
     try:
         if data:
             os.write(fd, data)
@@ -314,6 +351,9 @@ class Daemon:
         self.tasks: set[asyncio.Task] = set()
         self.taskset = shutil.which("taskset") or "taskset"
         self.shutting_down = False
+        # stats messages go out from a queue, outside the lock (see send_stats)
+        self.stats_queue: asyncio.Queue[tuple[Conn, Wire]] = asyncio.Queue()
+        self.stats_worker: asyncio.Task | None = None
 
     def spawn_task(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -322,11 +362,19 @@ class Daemon:
 
     # -- round trips with console and stats ----------------------------------------
     @staticmethod
-    async def _round_trip(conn: Conn, request: Wire) -> str | None:
-        """Send ``request``, await the reply with the same sequence; None or an error text."""
-        try:
+    async def _round_trip(conn: Conn, request: Wire, timeout: float = CONSOLE_TIMEOUT) -> str | None:
+        """Send ``request``, await the reply with the same sequence; None or an error text.
+
+        A peer that takes more than ``timeout`` seconds (to take the request or
+        to answer) is a communication failure: it never holds the caller forever.
+        """
+        async def exchange() -> Wire | None:
             await conn.write_wire(request)
-            reply = await conn.read_wire()
+            return await conn.read_wire()
+        try:
+            reply = await asyncio.wait_for(exchange(), timeout)
+        except asyncio.TimeoutError:
+            return f"communication failure: no answer within {timeout:g} s"
         except (OSError, AlbatrossError) as e:
             return f"communication failure: {e}"
         if reply is None:
@@ -382,14 +430,39 @@ class Daemon:
                             log.warning("albatross-console is gone: %s", err)
 
     async def send_stats(self, wire: Wire) -> None:
-        if self.stats is None:
+        """Queue ``wire`` for albatross-stats; never waits for it.
+
+        Unlike upstream, which awaits each reply under its lock, the messages
+        go out in order from :meth:`_stats_sender`: a stats peer that stalls
+        (any local client may send ``Stats_initial``) cannot freeze albatrossd.
+        It is dropped after :data:`STATS_TIMEOUT` seconds without an answer or
+        :data:`STATS_BACKLOG` queued messages.
+        """
+        conn = self.stats
+        if conn is None:
             log.info("ignoring stat %s", type(wire.payload).__name__)
             return
-        err = await self._round_trip(self.stats, wire)
-        if err is not None:
-            log.error("error while writing to stats: %s", err)
-            self.stats.close()
+        if self.stats_queue.qsize() >= STATS_BACKLOG:
+            self._drop_stats(conn, f"more than {STATS_BACKLOG} messages unanswered")
+            return
+        self.stats_queue.put_nowait((conn, wire))
+        if self.stats_worker is None or self.stats_worker.done():
+            self.stats_worker = asyncio.get_running_loop().create_task(self._stats_sender())
+
+    def _drop_stats(self, conn: Conn, why: str) -> None:
+        log.error("error while writing to stats: %s", why)
+        conn.close()
+        if self.stats is conn:
             self.stats = None
+
+    async def _stats_sender(self) -> None:
+        while True:
+            conn, wire = await self.stats_queue.get()
+            if conn is not self.stats:
+                continue  # for a channel that was replaced or dropped
+            err = await self._round_trip(conn, wire, STATS_TIMEOUT)
+            if err is not None:
+                self._drop_stats(conn, err)
 
     # -- effects --------------------------------------------------------------------------
     async def run(self, effects: list[V.Effect], conn: Conn | None = None) -> list[V.Effect]:
@@ -432,17 +505,29 @@ class Daemon:
                 if eff.op in ("recv", "send"):
                     later.append(eff)
                 else:
-                    await self.run(self.block_io(eff), conn)
+                    await self.run(await asyncio.to_thread(self.block_io, eff), conn)
             elif isinstance(eff, V.Loop):
                 later.append(eff)
         return later
 
     @staticmethod
     async def write(conn: Conn, wire: Wire) -> None:
+        """Queue a reply without waiting for the peer to take it (the lock may be held);
+        :meth:`_serve` waits for it to drain, outside the lock, before reading on."""
         try:
-            await conn.write_wire(wire)
-        except (OSError, AlbatrossError) as e:
+            conn.writer.write(frame(encode_wire(wire)))
+        except (OSError, RuntimeError, AlbatrossError) as e:
             log.warning("failed to write reply: %s", e)
+
+    @staticmethod
+    async def flush(conn: Conn) -> bool:
+        """Wait (without the lock) until ``conn`` took its replies; False if it is gone."""
+        try:
+            await conn.writer.drain()
+        except (OSError, RuntimeError) as e:
+            log.info("failed to write reply: %s", e)
+            return False
+        return True
 
     def dump(self, state: State) -> None:
         try:
@@ -516,7 +601,7 @@ class Daemon:
         pid = spawn_tender(argv, fifo)
         self._release_fifo(name)
         try:
-            self.fifo_keepers[name] = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            self.fifo_keepers[name] = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | safefs.SAFE_OPEN)
         except OSError as e:
             log.warning("could not keep %s open: %s", fifo, e)
         return pid
@@ -566,7 +651,7 @@ class Daemon:
 
     # -- block I/O ---------------------------------------------------------------------------
     def block_io(self, io: V.BlockIO) -> list[V.Effect]:
-        """Create / remove / overwrite / read a block file (lock held)."""
+        """Create / remove / overwrite / read a block file (lock held; run in a thread)."""
         data = None
         try:
             if io.op == "create":
@@ -577,8 +662,8 @@ class Daemon:
                 remove_block_file(self.settings, io.name)
                 create_block_file(self.settings, io.name, io.size, io.data)
             elif io.op == "read":
-                with open(self.settings.block_path(io.name), "rb") as fh:
-                    data = fh.read()
+                with os.fdopen(open_block_file(self.settings, io.name), "rb") as fh:
+                    data = fh.read(V.bytes_of_mb(io.size) + 1)
         except CreateError as e:
             return self.core.block_done(io, e.message)
         except OSError as e:
@@ -586,19 +671,33 @@ class Daemon:
         return self.core.block_done(io, None, data)
 
     async def receive_block(self, conn: Conn, io: V.BlockIO) -> None:
-        """Block set: the device was erased; write the streamed chunks, then reply."""
+        """Block set: the device was erased; write the streamed chunks, then reply.
+
+        Compressed chunks are inflated in a thread, at most the block's size in
+        total (pieces of 1 MiB), so neither memory nor the event loop suffer.
+        """
         limit = V.bytes_of_mb(io.size)
         error: str | None = None
-        inflater = zlib.decompressobj() if io.compressed else None
-        path = self.settings.block_path(io.name)
+        inflater = Z.BoundedInflater(limit, "block data") if io.compressed else None
         written = 0
         try:
             remove_block_file(self.settings, io.name)
             create_block_file(self.settings, io.name, 0)
-            fh = open(path, "r+b")
+            fh = os.fdopen(open_block_file(self.settings, io.name, os.O_RDWR), "r+b")
         except (OSError, AlbatrossError) as e:
-            await self.write(conn, Wire(io.reply, m.Failure(str(e))))
+            await self._send(conn, Wire(io.reply, m.Failure(e.message if isinstance(e, AlbatrossError) else str(e))))
             return
+
+        def store(chunk: bytes) -> int:
+            if inflater is None:
+                if written + len(chunk) > limit:
+                    raise Z.InflateError("stream exceeds size")
+                fh.write(chunk)
+                return len(chunk)
+            before = inflater.produced
+            inflater.feed(chunk, fh.write)
+            return inflater.produced - before
+
         with fh:
             while True:
                 try:
@@ -614,13 +713,10 @@ class Daemon:
                 if error is not None:
                     continue
                 try:
-                    data = inflater.decompress(chunk) if inflater else chunk
-                    if written + len(data) > limit:
-                        error = "stream exceeds size"
-                        continue
-                    fh.write(data)
-                    written += len(data)
-                except (zlib.error, OSError):
+                    written += await asyncio.to_thread(store, chunk)
+                except Z.InflateError as e:
+                    error = "stream exceeds size" if "exceeds" in e.message else "error writing to file descriptor"
+                except OSError:
                     error = "error writing to file descriptor"
             if error is None and inflater is not None and not inflater.eof:
                 error = "error writing to file descriptor"
@@ -629,17 +725,19 @@ class Daemon:
             except OSError:
                 error = error or "error writing to file descriptor"
         reply = m.Failure(error) if error else m.String("set block device")
-        await self.write(conn, Wire(io.reply, reply))
+        await self._send(conn, Wire(io.reply, reply))
 
     async def send_block(self, conn: Conn, io: V.BlockIO) -> None:
         """Block dump: success, data chunks, end of data (and a failure if reading failed)."""
         try:
-            fh = open(self.settings.block_path(io.name), "rb")
-        except OSError as e:
-            await self.write(conn, Wire(io.reply, m.Failure(f"dump block: {e.strerror}")))
+            level = Z.check_level(io.level)
+            fh = os.fdopen(open_block_file(self.settings, io.name), "rb")
+        except (OSError, AlbatrossError) as e:
+            why = e.message if isinstance(e, AlbatrossError) else e.strerror
+            await self._send(conn, Wire(io.reply, m.Failure(f"dump block: {why}")))
             return
-        await self.write(conn, Wire(io.reply, m.BlockDeviceImage(io.level != 0)))
-        comp = zlib.compressobj(io.level) if io.level else None
+        await self._send(conn, Wire(io.reply, m.BlockDeviceImage(level != 0)))
+        comp = zlib.compressobj(level) if level else None
         error = None
         with fh:
             try:
@@ -656,9 +754,17 @@ class Daemon:
                         await conn.write_wire(Wire(io.reply, m.BlockData(tail)))
             except OSError as e:
                 error = str(e)
-        await self.write(conn, Wire(io.reply, m.BlockData(None)))
+        await self._send(conn, Wire(io.reply, m.BlockData(None)))
         if error:
-            await self.write(conn, Wire(io.reply, m.Failure(error)))
+            await self._send(conn, Wire(io.reply, m.Failure(error)))
+
+    @staticmethod
+    async def _send(conn: Conn, wire: Wire) -> None:
+        """Write and wait for the peer to take it (outside the lock only)."""
+        try:
+            await conn.write_wire(wire)
+        except (OSError, AlbatrossError) as e:
+            log.warning("failed to write reply: %s", e)
 
     # -- connections ----------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -679,17 +785,24 @@ class Daemon:
                 w = await conn.read_wire()
             except (DecodeError, FrameError) as e:
                 log.error("bad request: %s", e.message)
-                await self.write(conn, Wire(Header(ROOT), m.Failure(f"bad request: {e.message}")))
+                await self._send(conn, Wire(Header(ROOT), m.Failure(f"bad request: {e.message}")))
                 return False
             if w is None:
                 return False
             if self.shutting_down:
-                await self.write(conn, Wire(w.header, m.Failure("albatrossd is shutting down")))
+                await self._send(conn, Wire(w.header, m.Failure("albatrossd is shutting down")))
                 return False
             async with self.lock:
-                later = await self.run(self.core.handle_command(w.header, w.payload), conn)
+                if isinstance(w.payload, HEAVY):
+                    # may inflate/deflate an image or a block: keep the event loop serving
+                    effects = await asyncio.to_thread(self.core.handle_command, w.header, w.payload)
+                else:
+                    effects = self.core.handle_command(w.header, w.payload)
+                later = await self.run(effects, conn)
                 if self.stats is conn:
                     return True
+            if not await self.flush(conn):
+                return False
             if not any(isinstance(e, V.Loop) for e in later):
                 for eff in later:
                     await self._after_lock(conn, eff)
@@ -751,6 +864,7 @@ async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, Uni
     except OSError:
         raise StartupError(f"Failed to connect to {console_path}, is albatross-console started?") from None
     daemon = Daemon(settings, core, console)
+    limits.quiet_accept_errors()
     try:
         sock = service_socket(settings.tmpdir, "vmmd", systemd)
     except OSError as e:
@@ -800,9 +914,13 @@ def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd
 @click.option("--no-drop-path", is_flag=True,
               help="Do not drop the unikernel path for --name (use --name=path:hello).")
 @click.option("--allow-zvol-for", default=None, metavar="PATH", help="Allow /dev/zvol access for this path.")
+@click.option("--max-image-size", type=click.IntRange(min=1), default=Z.DEFAULT_MAX_IMAGE // (1024 * 1024),
+              show_default=True, metavar="MB",
+              help="Largest unikernel image accepted, uncompressed, in MB (compressed images are "
+                   "inflated at most to this size).")
 @influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir: str | None,
-            no_drop_path: bool, allow_zvol_for: str | None, influx: str | None) -> None:
+            no_drop_path: bool, allow_zvol_for: str | None, max_image_size: int, influx: str | None) -> None:
     """Albatross daemon: creates and supervises unikernels."""
     setup_logging("albatrossd", verbosity, use_syslog)
     logging.addLevelName(logging.WARNING + 5, "APP")
@@ -819,8 +937,14 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
             raise click.BadParameter(e.message, param_hint="--allow-zvol-for") from None
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    settings = Settings(tmpdir, dbdir, not no_drop_path)
+    settings = Settings(tmpdir, dbdir, not no_drop_path, max_image_size * 1024 * 1024)
+    try:
+        safefs.check_layout(dbdir, tmpdir)
+    except safefs.UnsafePath as e:
+        raise StartupError(f"refusing to start: {e.message}") from None
+    limits.raise_nofile()
     core, unikernels = startup(settings, zvol)
+    core.max_image_size = settings.max_image_size
     asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd), influx, "albatross",
                                  lambda: resource_lines(core.resources)))
 

@@ -27,6 +27,7 @@ from ..errors import AlbatrossError
 from ..policy.names import Name
 from ..wire import Header, Wire, encode_wire, frame
 from ..wire import messages as m
+from . import limits
 from .common import Conn, Peer, daemon_options, run_cli, sd_notify, service_socket, setup_logging
 from .metrics import influx_option, run_with_metrics
 from .console_core import LINE_LIMIT, ConsoleState, LineSplitter, Ring
@@ -264,6 +265,8 @@ class ConsoleDaemon:
 async def serve(tmpdir: str, systemd: bool, max_subscribers: int,
                 ready: asyncio.Event | None = None) -> None:
     daemon = ConsoleDaemon(tmpdir, max_subscribers)
+    limits.raise_nofile()
+    limits.quiet_accept_errors()
     sock = service_socket(tmpdir, "console", systemd)
     server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=MAX_REQUEST)
     sd_notify("READY=1")

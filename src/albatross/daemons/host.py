@@ -73,8 +73,11 @@ def scan_block_devices(dbdir: str) -> list[tuple[Name, int]]:
     for entry in entries:
         path = os.path.join(block_dir, entry)
         try:
-            st = os.stat(path)
+            st = os.lstat(path)  # a symlink is never a block device (it could point anywhere)
         except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            log.warning("block device %s is a symbolic link, ignored", path)
             continue
         if not stat.S_ISREG(st.st_mode):
             log.warning("block device %s is not a regular file, ignored", path)

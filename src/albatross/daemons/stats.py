@@ -34,6 +34,7 @@ from ..policy.names import ROOT
 from .common import (
     Conn, Peer, daemon_options, open_unix, run_cli, sd_notify, service_socket, setup_logging, socket_path,
 )
+from . import limits
 from .metrics import influx_option, run_with_metrics
 from .stats_core import ProcError, Registration, StatsState, ifdata_of_link, kvm_counters, linux_rusage
 
@@ -158,7 +159,7 @@ class KvmCounters:
 def resolve_tap(tap: str) -> int | None:
     try:
         return socket.if_nametoindex(tap)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the name
         return None
 
 
@@ -285,6 +286,8 @@ class StatsDaemon:
 
 async def serve(tmpdir: str, systemd: bool, interval: float, kvm: KvmCounters | None = None) -> None:
     daemon = StatsDaemon(tmpdir, interval, kvm)
+    limits.raise_nofile()
+    limits.quiet_accept_errors()
     sock = service_socket(tmpdir, "stats", systemd)
     server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=MAX_REQUEST)
     tasks = [asyncio.create_task(daemon.vmmd()), asyncio.create_task(daemon.timer())]

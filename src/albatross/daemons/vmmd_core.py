@@ -30,7 +30,7 @@ waiting forever; here every exit waiter is woken.
 from __future__ import annotations
 
 import logging
-import zlib
+from ..wire import inflate as Z
 from dataclasses import dataclass, field, replace
 from typing import Literal, Union
 
@@ -246,11 +246,12 @@ def startup_order(unikernels: list[tuple[Name, UnikernelConfig]]) -> list[tuple[
     return sorted(unikernels, key=lambda e: startup_priority(e[1]))
 
 
-def uncompress(data: bytes) -> bytes:
+def uncompress(data: bytes, cap: int = Z.DEFAULT_MAX_IMAGE, what: str = "image") -> bytes:
+    """Inflate at most ``cap`` bytes (a "zlib bomb" is refused, never allocated)."""
     try:
-        return zlib.decompress(data)
-    except zlib.error as e:
-        raise PolicyError(f"failed to uncompress: {e}") from None
+        return Z.inflate(data, cap, what)
+    except Z.InflateError as e:
+        raise PolicyError(e.message) from None
 
 
 def failure(header: Header, message: str) -> Reply:
@@ -286,6 +287,8 @@ class Vmmd:
     console_counter: int = 1
     stats_counter: int = 1
     _next_waiter: int = 1
+    #: largest uncompressed image accepted (albatrossd --max-image-size)
+    max_image_size: int = Z.DEFAULT_MAX_IMAGE
 
     # -- start-up ---------------------------------------------------------------
     @classmethod
@@ -455,13 +458,14 @@ class Vmmd:
         if vm is None:
             raise PolicyError("get: no unikernel found")
         cfg = vm.config
+        Z.check_level(level)
         if cfg.compressed:
             if level > 0:
                 return m.UnikernelImage(True, cfg.image)
-            return m.UnikernelImage(False, uncompress(cfg.image))
+            return m.UnikernelImage(False, uncompress(cfg.image, self.max_image_size))
         if level == 0:
             return m.UnikernelImage(False, cfg.image)
-        return m.UnikernelImage(True, zlib.compress(cfg.image, level))
+        return m.UnikernelImage(True, Z.compress(cfg.image, level))
 
     def _resources_without(self, name: Name) -> Resources:
         res = self.resources.copy()
@@ -493,7 +497,7 @@ class Vmmd:
         self._resources_without(name).check_vm(name, vm.config)
         config = vm.config if cmd.arguments is None else vm.config.with_arguments(cmd.arguments)
         if config.typ == "solo5":
-            check_manifest(config)
+            check_manifest(config, self.max_image_size)
         return self._kill_and_wait(vm, header, PrepareAndSpawn(name, config, True, header))
 
     def _destroy(self, header: Header) -> list[Effect]:
@@ -525,7 +529,7 @@ class Vmmd:
             size_bytes = bytes_of_mb(cmd.size)
             data = None
             if isinstance(cmd, m.OldBlockAdd) and cmd.data is not None:
-                data = uncompress(cmd.data) if cmd.compressed else cmd.data
+                data = uncompress(cmd.data, size_bytes, "block data") if cmd.compressed else cmd.data
                 if len(data) > size_bytes:
                     raise PolicyError("data exceeds block size")
             return [BlockIO("create", name, cmd.size, header, data=data)]
@@ -534,7 +538,7 @@ class Vmmd:
             return [BlockIO("remove", name, b, header)]
         if isinstance(cmd, m.OldBlockSet):
             size = self._inactive_block(name, "set block")
-            data = uncompress(cmd.data) if cmd.compressed else cmd.data
+            data = uncompress(cmd.data, bytes_of_mb(size), "block data") if cmd.compressed else cmd.data
             if len(data) > bytes_of_mb(size):
                 raise PolicyError("data exceeds block size")
             return [BlockIO("write", name, size, header, data=data)]
@@ -544,10 +548,10 @@ class Vmmd:
             return [BlockIO("recv", name, size, header, compressed=cmd.compressed)]
         if isinstance(cmd, m.OldBlockDump):
             size = self._inactive_block(name, "dump block")
-            return [BlockIO("read", name, size, header, level=cmd.compress_level)]
+            return [BlockIO("read", name, size, header, level=Z.check_level(cmd.compress_level))]
         assert isinstance(cmd, m.BlockDump)
         size = self._inactive_block(name, "dump block")
-        return [BlockIO("send", name, size, header, level=cmd.compress_level)]
+        return [BlockIO("send", name, size, header, level=Z.check_level(cmd.compress_level))]
 
     def _inactive_block(self, name: Name, what: str) -> int:
         b = self.resources.find_block(name)
@@ -574,7 +578,7 @@ class Vmmd:
             blob = data or b""
             if io.level == 0:
                 return [success(io.reply, m.OldBlockDeviceImage(False, blob))]
-            return [success(io.reply, m.OldBlockDeviceImage(True, zlib.compress(blob, io.level)))]
+            return [success(io.reply, m.OldBlockDeviceImage(True, Z.compress(blob, io.level)))]
         return []
 
     # stats
@@ -685,10 +689,12 @@ def bytes_of_mb(size: int) -> int:
     return b
 
 
-def check_manifest(config: UnikernelConfig) -> None:
+def check_manifest(config: UnikernelConfig, max_image: int = Z.DEFAULT_MAX_IMAGE) -> None:
     """Server-side manifest check of a (possibly compressed) Solo5 image."""
     from ..solo5.elf import check_manifest as check, query_manifest
-    image = uncompress(config.image) if config.compressed else config.image
+    if len(config.image) > max_image:
+        raise PolicyError(f"image exceeds the maximum of {max_image} bytes")
+    image = uncompress(config.image, max_image) if config.compressed else config.image
     check(query_manifest(image), config)
 
 

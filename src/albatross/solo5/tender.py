@@ -7,13 +7,17 @@ pure and build the command line of §2.5 (Linux pinning with taskset).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 
 from ..core import UnikernelConfig
 from ..policy.names import Name, mac_to_string
+from ..daemons.safefs import trusted_executable
 from .elf import Solo5Error
+
+log = logging.getLogger("albatross.tender")
 
 SUPPORTED_TARGETS = ("hvt", "spt")
 VERSION_TIMEOUT = 10.0
@@ -46,7 +50,12 @@ def find_tender(target: str, abi_version: int, dbdir: str, path_env: str | None 
     for name in tender_candidates(target, abi_version):
         in_dbdir = os.path.join(dbdir, name)
         if _is_executable_file(in_dbdir):
-            return in_dbdir
+            # albatrossd runs the tender as root: one that a less privileged user could
+            # have planted or modified is skipped
+            unsafe = trusted_executable(in_dbdir)
+            if unsafe is None:
+                return in_dbdir
+            log.warning("not using tender %s: %s", in_dbdir, unsafe)
         in_path = shutil.which(name, path=path_env)
         if in_path is not None:
             return in_path
