@@ -178,15 +178,24 @@ def test_policy_checks_order_above_below_usage(r):
 
 # -- dynamic check -------------------------------------------------------------------
 
-def test_no_policy_path_unchecked(r):
-    # VMD-33: only the policy at exactly the unikernel's path counts
-    r.insert_policy(("foo",), pol(unikernels=1, cpuids=(0,), memory=32, block=None, bridges=()))
-    big = cfg(cpuids=(0, 6), memory=9000, bridges=("nonexistent",))
-    r.insert_vm(n("foo:bar:a"), big)
-    r.insert_vm(n("foo:bar:b"), big)
-    assert len(r.unikernels) == 2
-    # while at foo itself the (now exhausted) policy applies to the subtree usage
-    fails_unchanged(r, "maximum amount of unikernels (1) reached", r.insert_vm, n("foo:c"), cfg())
+def test_ancestor_policies_govern_their_whole_subtree(r):
+    # hierarchical quota (deliberately unlike upstream's VMD-33, where only the policy at
+    # exactly the unikernel's path counts): foo's policy bounds everything below foo
+    r.insert_policy(("foo",), pol(unikernels=2, cpuids=(0,), memory=64, block=None, bridges=("br0",)))
+    fails_unchanged(r, "maximum allowed memory (64, used 0) would be exceeded (requesting 9000)",
+                    r.insert_vm, n("foo:bar:a"), cfg(memory=9000))
+    fails_unchanged(r, "CPUids 6 are not allowed by policy", r.insert_vm, n("foo:bar:a"), cfg(cpuids=(0, 6)))
+    fails_unchanged(r, "bridges nonexistent not allowed by policy",
+                    r.insert_vm, n("foo:bar:a"), cfg(bridges=("nonexistent",)))
+    r.insert_vm(n("foo:bar:a"), cfg(memory=32))
+    # three sibling sub-policies as large as foo's: usage is still bounded by foo's
+    for sib in ("s1", "s2", "s3"):
+        r.insert_policy(("foo", sib), pol(unikernels=2, cpuids=(0,), memory=64, block=None, bridges=("br0",)))
+    r.insert_vm(n("foo:s1:x"), cfg(memory=32))
+    fails_unchanged(r, "maximum amount of unikernels (2) reached", r.insert_vm, n("foo:s2:x"), cfg(memory=1))
+    fails_unchanged(r, "maximum amount of unikernels (2) reached", r.insert_vm, n("foo:c"), cfg())
+    # without any policy on the way up nothing is checked
+    r.insert_vm(n("other:deep:x"), cfg(cpuids=(0, 6), memory=9000, bridges=("nonexistent",)))
 
 
 def test_check_vm_messages_in_order(r):
@@ -279,9 +288,10 @@ def test_block_add_messages(r):
     r.insert_policy(("nob",), pol(block=None))
     r.insert_block(n("foo:a"), 60)
     r.insert_block(n("foo:bar:b"), 30)          # a subtree device counts towards foo
-    r.insert_block(n("foo:bar:big"), 5000)      # no policy at foo:bar: unchecked
-    assert r.total_block_usage(("foo",)) == 5090
-    r.remove_block(n("foo:bar:big"))
+    # no policy at foo:bar: foo's governs (hierarchical; upstream leaves this unchecked)
+    fails_unchanged(r, "block device policy limit of 100 MB (used 90 MB) would be exceeded by the request (5000 MB)",
+                    r.insert_block, n("foo:bar:big"), 5000)
+    assert r.total_block_usage(("foo",)) == 90
     fails_unchanged(r, "block device with same name already exists", r.insert_block, n("foo:a"), 1)
     fails_unchanged(r, "block device policy limit of 100 MB (used 90 MB) would be exceeded by the request (11 MB)",
                     r.insert_block, n("foo:c"), 11)

@@ -188,8 +188,11 @@ def test_create_policy_checks():
     spawn(c, "a:x", cfg())
     with pytest.raises(PolicyError, match=r"maximum amount of unikernels \(1\) reached"):
         c.check_create(N("a:y"), cfg())
-    # no policy at the exact path: unchecked
-    spawn(c, "a:b:y", cfg(memory=10000))
+    # no policy at the exact path: the ancestor's policy governs its whole subtree
+    # (hierarchical quota; upstream checks only the exact path and accepts this)
+    with pytest.raises(PolicyError, match=r"maximum amount of unikernels \(1\) reached"):
+        c.check_create(N("a:b:y"), cfg(memory=10000))
+    spawn(c, "b:y", cfg(memory=10000))  # no policy on the way up: unchecked
 
 
 def test_create_block_checks_and_activity():

@@ -8,6 +8,17 @@ Upstream quirk kept on purpose: usage "in the subtree of a path" is taken
 from the trie node of that path, so a unikernel or block device whose name
 has the same labels as the path (``:foo`` for path ``foo``) is counted in
 that path's usage too.
+
+Deliberate difference from upstream (2.7.2): quotas are hierarchical.  A
+create, a block add and a policy add are checked against the policy of
+*every* ancestor path (the root policy, the host's, excepted: it governs
+only the root path, as upstream), each with the usage of that ancestor's
+whole subtree.  Upstream only
+checks the policy at exactly the unikernel's (or block's) path, so a tenant
+allowed 1024 MB could delegate three sibling sub-CAs of 1024 MB each and run
+3072 MB.  Delegating more than one has (the sum of the children's policies
+exceeding the parent's) stays allowed, as upstream: it is usage that is
+bounded, at every level.
 """
 
 from __future__ import annotations
@@ -107,6 +118,9 @@ class Resources:
             if name.labels() != path:
                 is_smaller(p, below)
         self._check_usage(path, p)
+        # hierarchical: every ancestor still holds the usage of its whole subtree
+        for above_path, above in self.governing_policies(_parent(path)) if len(path) > 1 else ():
+            self._check_usage(above_path, above)
 
     def _check_usage(self, path: tuple[str, ...], p: Policy) -> None:
         count, memory = self.unikernel_usage(path)
@@ -160,15 +174,33 @@ class Resources:
         names = [name.block_name(bd.host_device) for bd in config.block_devices]
         return [b for b in names if not self.zvol_allowed(b)]
 
+    def governing_policies(self, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Policy]]:
+        """The policies at ``path`` and at each of its ancestors, nearest first.
+
+        The root policy (the host's resources) governs only the root path
+        itself, as upstream: it is not an ancestor quota of the tenants.
+        """
+        path = tuple(path)
+        if not path:
+            p = self.find_policy(path)
+            return [] if p is None else [(path, p)]
+        found = []
+        while path:
+            p = self.find_policy(path)
+            if p is not None:
+                found.append((path, p))
+            path = _parent(path)
+        return found
+
     def check_vm(self, name: Name, config: UnikernelConfig) -> None:
         """The dynamic check before creating a unikernel (behaviour.md §2.7).
 
-        Only the policy at exactly ``name``'s path is consulted; without one
-        nothing is checked against policies.
+        The policy at ``name``'s path and every ancestor's (hierarchical, see
+        the module docstring) are consulted, each with the usage of its whole
+        subtree; without any nothing is checked against policies.
         """
-        p = self.find_policy(name.path)
-        if p is not None:
-            count, memory = self.unikernel_usage(name.path)
+        for path, p in self.governing_policies(name.path):
+            count, memory = self.unikernel_usage(path)
             if count + 1 > p.unikernels:
                 raise PolicyError(f"maximum amount of unikernels ({p.unikernels}) reached")
             if config.memory > p.memory - memory:
@@ -232,16 +264,14 @@ class Resources:
         """
         if name in self.block_devices:
             raise PolicyError("block device with same name already exists")
-        p = self.find_policy(name.path)
-        if p is None:
-            return
-        if p.block is None:
-            raise PolicyError("no block devices are allowed by policy")
-        used = self.total_block_usage(name.path)
-        if size > p.block - used:
-            raise PolicyError(
-                f"block device policy limit of {p.block} MB (used {used} MB) would be exceeded "
-                f"by the request ({size} MB)")
+        for path, p in self.governing_policies(name.path):
+            if p.block is None:
+                raise PolicyError("no block devices are allowed by policy")
+            used = self.total_block_usage(path)
+            if size > p.block - used:
+                raise PolicyError(
+                    f"block device policy limit of {p.block} MB (used {used} MB) would be exceeded "
+                    f"by the request ({size} MB)")
 
     def insert_block(self, name: Name, size: int) -> None:
         """Check, then register an inactive block device of ``size`` MB."""
