@@ -126,10 +126,14 @@ else
 	fi
 fi
 
+# The database belongs to root alone: albatrossd (root) executes tenders found
+# in it, writes block devices and the state there, and refuses to start when
+# dbdir or dbdir/block is writable by anyone else. None of the unprivileged
+# daemons (console, stats, endpoint, influx) needs it.
 run mkdir -p "$destdir$dbdir/block"
-run chmod 0700 "$destdir$dbdir/block"
-if [ -z "$destdir" ] && { [ -n "$dry" ] || user_exists; }; then
-	run chown albatross:albatross "$dbdir" "$dbdir/block"
+run chmod 0700 "$destdir$dbdir" "$destdir$dbdir/block"
+if [ -z "$destdir" ]; then
+	run chown root:0 "$dbdir" "$dbdir/block"
 fi
 
 # --- service definitions -----------------------------------------------
@@ -156,7 +160,10 @@ else
 	done
 	run mkdir -p "$destdir/var/run/albatross/util" "$destdir/var/run/albatross/fifo"
 	if [ -z "$destdir" ]; then
-		run chown albatross:albatross /var/run/albatross/util /var/run/albatross/fifo
+		# as albatross_console's precmd: root's, the group reads fifos and binds sockets
+		run chown root:albatross /var/run/albatross /var/run/albatross/util /var/run/albatross/fifo
+		run chmod 1770 /var/run/albatross/util
+		run chmod 2750 /var/run/albatross/fifo
 	fi
 	cat <<EOF
 # Done. Further steps on FreeBSD:

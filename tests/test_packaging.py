@@ -257,8 +257,11 @@ def test_daemon_service_runtime_directories_and_hardening():
     assert one(unit, "Service", "OOMScoreAdjust") == "-1000"
     assert one(unit, "Service", "IgnoreSIGPIPE") in ("yes", "true")
     pre = [shlex.split(line) for line in svc["ExecStartPre"]]
-    assert ["/usr/bin/install", "-d", "-m", "2770", "-o", "root", "-g", "albatross",
+    # fifo/ is writable by root alone (the group only reads the fifos)
+    assert ["/usr/bin/install", "-d", "-m", "2750", "-o", "root", "-g", "albatross",
             "%t/albatross/fifo"] in pre
+    assert one(unit, "Service", "StateDirectoryMode") == "0700"
+    assert int(one(unit, "Service", "LimitNOFILE")) >= 4096
     assert any(a[-1] == "%t/albatross/util" for a in pre)
 
 
@@ -389,7 +392,7 @@ def test_daemon_exec_start_pre_creates_runtime_directories(runtime):
     run, _ = runtime
     run_exec_start_pre("albatross_daemon.service", run)
     fifo = os.stat(run / "albatross" / "fifo")
-    assert stat.S_ISDIR(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o2770
+    assert stat.S_ISDIR(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o2750
     if group_exists("albatross"):
         assert fifo.st_gid == grp.getgrnam("albatross").gr_gid
     assert (run / "albatross" / "util").is_dir()
@@ -649,7 +652,8 @@ def test_rc_script_start(tmp_path, name):
         # the runtime directories below /var/run, which is cleaned at boot
         installs = [c for c in calls if c.startswith("install ")]
         assert any("[/var/run/albatross/util]" in c for c in installs)
-        assert any("[2770]" in c and "[/var/run/albatross/fifo]" in c for c in installs)
+        assert any("[2750]" in c and "[root]" in c and "[/var/run/albatross/fifo]" in c for c in installs)
+        assert any("[1770]" in c and "[root]" in c and "[/var/run/albatross/util]" in c for c in installs)
 
 
 # ------------------------------------------------------------- install.sh
@@ -736,8 +740,9 @@ def test_install_dry_run_live_system_creates_user():
     if not user_exists("albatross"):
         assert any(line.startswith("+ useradd --system") and line.endswith(
             "-g albatross -M -d /nonexistent -s /usr/sbin/nologin albatross") for line in lines)
-    assert "+ chmod 0700 /var/lib/albatross/block" in lines
-    assert "+ chown albatross:albatross /var/lib/albatross /var/lib/albatross/block" in lines
+    assert "+ chmod 0700 /var/lib/albatross /var/lib/albatross/block" in lines
+    assert "+ chown root:0 /var/lib/albatross /var/lib/albatross/block" in lines
+    assert not any(line.startswith("+ chown albatross") for line in lines)
     assert ("+ systemctl daemon-reload" in lines) == os.path.isdir("/run/systemd/system")
 
 

@@ -10,7 +10,10 @@ unikernel's console: once it has :data:`PAUSE_AT` unsent bytes, the fifo is
 not read until they are written (the tender then blocks on its full pipe).
 A subscriber that takes nothing for :data:`STALL_TIMEOUT` seconds meanwhile,
 or has more than :data:`MAX_PENDING` bytes unsent, is dropped like one whose
-write failed.
+write failed.  All congested subscribers are waited for at once, so stalled
+subscribers hold a unikernel back for at most :data:`STALL_TIMEOUT` seconds
+per pause however many they are (upstream, and this port before, waited for
+them one after another).
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ MAX_PENDING = 1 << 20
 #: unsent bytes to one subscriber at which its unikernel's fifo is no longer read
 PAUSE_AT = 256 * 1024
 #: seconds a subscriber may take nothing while its unikernel's fifo is not read
-STALL_TIMEOUT = 5.0
+STALL_TIMEOUT = 1.0
+#: how often progress of congested subscribers is looked at
+STALL_TICK = 0.1
 #: bytes taken from a fifo per wake-up (split in 512-byte pieces like upstream)
 READ_SIZE = 32 * LINE_LIMIT
 
@@ -176,25 +181,34 @@ class ConsoleDaemon:
 
     async def relieve(self, reader: FifoReader, congested: list[Subscriber]) -> None:
         """Read the paused fifo of ``reader`` again once ``congested`` took their output
-        (or were dropped for taking nothing for :data:`STALL_TIMEOUT` seconds)."""
+        (or were dropped for taking nothing for :data:`STALL_TIMEOUT` seconds).
+
+        The subscribers are waited for together: the pause lasts at most
+        :data:`STALL_TIMEOUT` seconds without progress, whatever their number.
+        """
         loop = asyncio.get_running_loop()
+        progress = {id(sub): (_unsent(sub), loop.time()) for sub in congested}
         try:
-            for sub in congested:
-                last, progress_at = _unsent(sub), loop.time()
-                while not sub.closed and not sub.conn.writer.transport.is_closing():
-                    try:
-                        await asyncio.wait_for(sub.conn.writer.drain(), 0.5)
-                        break
-                    except asyncio.TimeoutError:
-                        pass
-                    except (ConnectionError, OSError, RuntimeError):
-                        break  # the next write fails and drops it
-                    now = _unsent(sub)
-                    if now < last:
-                        last, progress_at = now, loop.time()
-                    elif loop.time() - progress_at >= STALL_TIMEOUT:
+            waiting = list(congested)
+            while waiting:
+                still = []
+                for sub in waiting:
+                    transport = sub.conn.writer.transport
+                    if sub.closed or transport.is_closing():
+                        continue
+                    now_unsent = _unsent(sub)
+                    if now_unsent < PAUSE_AT // 2:
+                        continue  # it took most of it: read on
+                    last, at = progress[id(sub)]
+                    if now_unsent < last:
+                        progress[id(sub)] = (now_unsent, loop.time())
+                    elif loop.time() - at >= STALL_TIMEOUT:
                         self._drop(reader.name, sub, f"took nothing for {STALL_TIMEOUT:g} s")
-                        break
+                        continue
+                    still.append(sub)
+                waiting = still
+                if waiting:
+                    await asyncio.sleep(STALL_TICK)
         finally:
             reader.resume()
 
