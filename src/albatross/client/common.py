@@ -34,6 +34,7 @@ from ..wire import (
 )
 from ..wire import messages as m
 from ..wire.framing import END_CHUNK
+from ..wire import inflate as Z
 
 # exit codes
 SUCCESS = 0
@@ -301,7 +302,8 @@ class ReplyHandler:
             if isinstance(p, m.BlockDeviceImage):
                 self.dump_path = dump_filename(w.header.name)
                 self.dump_file = open(self.dump_path, "wb")
-                self.inflater = zlib.decompressobj() if p.compressed else None
+                # pieces of at most 1 MiB go to the file: a "zlib bomb" never fills memory
+                self.inflater = Z.BoundedInflater(1 << 62, "block dump") if p.compressed else None
                 if sys.stderr.isatty():
                     self.progress = DumpProgress(f"dumping {w.header.name}")
                 return None
@@ -311,19 +313,19 @@ class ReplyHandler:
                 warn("Unexpected block dump data received")
                 return COMMUNICATION_FAILED
             if p.data is None:
-                if self.inflater is not None:
-                    self.dump_file.write(self.inflater.flush())
                 self.dump_file.close()
                 if self.progress is not None:
                     self.progress.finish()
                 app(f"dumped to {self.dump_path}")
                 return SUCCESS
             try:
-                chunk = self.inflater.decompress(p.data) if self.inflater else p.data
-            except zlib.error as e:
-                error(f"failed to uncompress: {e} while dumping {self.dump_path}")
+                if self.inflater is not None:
+                    self.inflater.feed(p.data, self.dump_file.write)
+                else:
+                    self.dump_file.write(p.data)
+            except Z.InflateError as e:
+                error(f"{e.message} while dumping {self.dump_path}")
                 return COMMUNICATION_FAILED
-            self.dump_file.write(chunk)
             if self.progress is not None:
                 self.progress.update(len(p.data))
             return None
@@ -341,9 +343,9 @@ class ReplyHandler:
     def _write_file(self, name: Name, compressed: bool, blob: bytes) -> None:
         if compressed:
             try:
-                blob = zlib.decompress(blob)
-            except zlib.error as e:
-                error(f"failed to uncompress image: {e}")
+                blob = Z.inflate(blob, Z.DEFAULT_MAX_IMAGE, "image")
+            except Z.InflateError as e:
+                error(f"failed to uncompress image: {e.message}")
                 return
         path = dump_filename(name)
         try:

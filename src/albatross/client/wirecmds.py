@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import zlib
 
 import click
 
@@ -14,6 +13,7 @@ from .. import pretty
 from ..errors import AlbatrossError
 from ..wire import codec, jsonform as J
 from ..wire.state import decode_state, encode_state
+from ..wire import inflate as Z
 from .common import CLI_FAILED, Exit, app, default_dbdir, dump_filename, error, logging_options, parse_name
 
 KINDS = ("wire", "cert", "state")
@@ -129,9 +129,9 @@ def register(cli: click.Group) -> None:
                 image = cfg.image
                 if cfg.compressed:
                     try:
-                        image = zlib.decompress(image)
-                    except zlib.error as e:
-                        error(f"failed to uncompress image: {e}")
+                        image = Z.inflate(image, Z.DEFAULT_MAX_IMAGE, "image")
+                    except Z.InflateError as e:
+                        error(f"failed to uncompress image: {e.message}")
                         raise Exit(CLI_FAILED) from None
                 path = dump_filename(n)
                 with open(path, "wb") as fh:
