@@ -132,11 +132,10 @@ def socket_messages():
 
 def run_decoders(runs: int, out: Path) -> dict:
     import atheris
-    with atheris.instrument_imports():
-        from albatross.errors import AlbatrossError
-        from albatross.solo5 import elf
-        from albatross.wire import decode_cert_extension, decode_wire, encode_wire
-        from albatross.wire.state import decode_state
+    from albatross.errors import AlbatrossError
+    from albatross.solo5 import elf
+    from albatross.wire import decode_cert_extension, decode_wire, encode_wire
+    from albatross.wire.state import decode_state
 
     wires = wire_seeds()
     seeds = [b"\0" + s for s in wires] + [b"\1" + s for s in cert_seeds(wires)] + \
@@ -190,6 +189,8 @@ def run_decoders(runs: int, out: Path) -> dict:
 
     argv = [sys.argv[0], f"-runs={runs}", "-max_len=65536", "-rss_limit_mb=4096", "-print_final_stats=1",
             str(corpus)]
+    # coverage guidance for everything loaded (the package was imported above or earlier)
+    atheris.instrument_all()
     atheris.Setup(argv, target)
     atheris.Fuzz()  # exits the process at the end; report() runs from atexit
     return counts

@@ -78,12 +78,26 @@ class BoundedInflater:
             raise InflateError(f"failed to uncompress {self.what}: truncated stream")
 
 
-def inflate(data: bytes, cap: int, what: str = "data") -> bytes:
-    """All of ``data`` inflated; InflateError if invalid or larger than ``cap`` bytes."""
+def inflated_size(data: bytes, cap: int, what: str = "data") -> int:
+    """The size ``data`` inflates to, found in pieces that are thrown away (memory: one piece)."""
     d = BoundedInflater(cap, what)
-    out = d.feed(data)
+    d.feed(data, lambda _piece: None)
     d.finish()
-    return out
+    return d.produced
+
+
+def inflate(data: bytes, cap: int, what: str = "data") -> bytes:
+    """All of ``data`` inflated; InflateError if invalid or larger than ``cap`` bytes.
+
+    The size is established first without keeping the output, so refused
+    input never costs more than one piece of memory; only then is the data
+    inflated for real, into a buffer of exactly that size.
+    """
+    size = inflated_size(data, cap, what)
+    try:
+        return zlib.decompress(data, zlib.MAX_WBITS, max(size, 1))
+    except zlib.error as e:  # cannot happen after a successful first pass
+        raise InflateError(f"failed to uncompress {what}: {e}") from None
 
 
 def check_level(level: int) -> int:
@@ -101,5 +115,5 @@ def compressobj(level: int):
     return zlib.compressobj(check_level(level))
 
 
-__all__ = ["DEFAULT_MAX_IMAGE", "PIECE", "InflateError", "BoundedInflater", "inflate", "check_level",
+__all__ = ["DEFAULT_MAX_IMAGE", "PIECE", "InflateError", "BoundedInflater", "inflate", "inflated_size", "check_level",
            "compress", "compressobj"]
