@@ -150,7 +150,7 @@ def listen_unix(path: str) -> socket.socket:
         raise StartupError(f"unable to create server socket {path}: {e}") from None
     finally:
         os.umask(old)
-    sock.listen(16)
+    sock.listen(socket.SOMAXCONN)  # a flood of connections must not make legitimate ones fail
     sock.setblocking(False)
     log.info("listening on %s", path)
     return sock
