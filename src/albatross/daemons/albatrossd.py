@@ -368,12 +368,12 @@ class Daemon:
         A peer that takes more than ``timeout`` seconds (to take the request or
         to answer) is a communication failure: it never holds the caller forever.
         """
-        async def exchange() -> Wire | None:
-            await conn.write_wire(request)
-            return await conn.read_wire()
         try:
-            reply = await asyncio.wait_for(exchange(), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: wait_for of 3.11 may swallow a cancellation
+            async with asyncio.timeout(timeout):
+                await conn.write_wire(request)
+                reply = await conn.read_wire()
+        except TimeoutError:
             return f"communication failure: no answer within {timeout:g} s"
         except (OSError, AlbatrossError) as e:
             return f"communication failure: {e}"
@@ -812,10 +812,14 @@ class Daemon:
         if isinstance(eff, V.AwaitExit):
             status = await self.futures[eff.waiter]
             if eff.then == "destroy":
-                await self.run(self.core.destroy_done(eff.reply, status), conn)
+                # under the lock: commands may be evaluated in a thread meanwhile (HEAVY)
+                async with self.lock:
+                    await self.run(self.core.destroy_done(eff.reply, status), conn)
+                await self.flush(conn)
             else:
                 async with self.lock:
                     await self.run([eff.then], conn)
+                await self.flush(conn)
         elif isinstance(eff, V.BlockIO) and eff.op == "recv":
             await self.receive_block(conn, eff)
         elif isinstance(eff, V.BlockIO) and eff.op == "send":
