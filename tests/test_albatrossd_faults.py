@@ -22,6 +22,8 @@ import uuid
 import psutil
 import pytest
 
+from albatross.core import NetDevice, UnikernelConfig
+from albatross.wire import messages as m
 from albatross.wire.state import decode_state
 
 from test_albatrossd_e2e import BIN, Albatross, image, needs_netns, needs_root, net_image, wait_for  # noqa: F401
@@ -42,8 +44,16 @@ class Faulty(Albatross):
         (the socket is bound before the restore, a request is answered after it)."""
         p = super().start(*extra, wait=wait)
         if wait:
-            self.client("info")
+            assert self.acked(":", m.UnikernelInfoCmd())
         return p
+
+    def acked(self, name: str, cmd: m.Cmd) -> bool:
+        """Send one command on the socket (no client process: faster); whether it succeeded."""
+        try:
+            replies = self.request(name, cmd)
+        except OSError:
+            return False
+        return bool(replies) and not isinstance(replies[-1].payload, m.Failure)
 
     def state_names(self) -> set[str]:
         path = os.path.join(self.dbdir, "state")
@@ -90,7 +100,7 @@ class Faulty(Albatross):
         command before has been passed when it is answered.
         """
         if self.hit() is None:
-            self.client("info", check=None)
+            self.acked(":", m.UnikernelInfoCmd())
         if self.hit() is not None:
             assert self.daemon.wait(15) == -signal.SIGKILL
             self.daemon = None
@@ -143,11 +153,10 @@ def acked(p: subprocess.CompletedProcess) -> bool:
     return p.returncode == 0 and "success" in p.stdout
 
 
-CREATE = ("create", "x", None, "--net", "service:br0", "--arg", "forever")
-
-
-def create_args(net_image: str) -> list[str]:
-    return [net_image if a is None else a for a in CREATE]
+def create_x(net_image: str) -> m.UnikernelCreate:
+    with open(net_image, "rb") as fh:
+        image = fh.read()
+    return m.UnikernelCreate(UnikernelConfig(image=image, bridges=(NetDevice("service", "br0"),), argv=("forever",)))
 
 
 def crash_rounds(alb: Faulty, setup, command, expect) -> list[str]:
@@ -159,12 +168,13 @@ def crash_rounds(alb: Faulty, setup, command, expect) -> list[str]:
         setup()
         check(alb)
         alb.arm(k)
-        p = command()
+        ok = command()
         label = alb.settle()
-        present, absent = expect(acked(p))
+        present, absent = expect(ok)
         if label is None:
             check(alb, present, absent)
             assert labels, "no boundary at all"
+            print("boundaries crashed at:", labels)
             return labels
         labels.append(label)
         alb.start()
@@ -177,9 +187,9 @@ def crash_rounds(alb: Faulty, setup, command, expect) -> list[str]:
 @needs_netns
 def test_kill_9_at_every_boundary_of_create(faulty, net_image):
     def setup():
-        faulty.client("destroy", "x", check=None)
+        faulty.acked("x", m.UnikernelDestroy())
 
-    labels = crash_rounds(faulty, setup, lambda: faulty.client(*create_args(net_image), check=None),
+    labels = crash_rounds(faulty, setup, lambda: faulty.acked("x", create_x(net_image)),
                           lambda ok: ({":x"} if ok else set(), set()))
     for boundary in ("create: record written", "create: vmmtap0 recorded", "create: prepared",
                      "create: spawn recorded", "create: spawned", "create: pid recorded", "state written",
@@ -191,9 +201,9 @@ def test_kill_9_at_every_boundary_of_create(faulty, net_image):
 def test_kill_9_at_every_boundary_of_destroy(faulty, net_image):
     def setup():
         if ":x" not in faulty.state_names():
-            faulty.client(*create_args(net_image))
+            assert faulty.acked("x", create_x(net_image))
 
-    labels = crash_rounds(faulty, setup, lambda: faulty.client("destroy", "x", check=None),
+    labels = crash_rounds(faulty, setup, lambda: faulty.acked("x", m.UnikernelDestroy()),
                           lambda ok: (set(), {":x"} if ok else set()))
     for boundary in ("effect Kill", "cleanup: resources freed", "effect Cleanup", "state written", "effect Reply"):
         assert boundary in labels, (boundary, labels)
@@ -203,9 +213,9 @@ def test_kill_9_at_every_boundary_of_destroy(faulty, net_image):
 def test_kill_9_at_every_boundary_of_restart(faulty, net_image):
     def setup():
         if ":x" not in faulty.state_names():
-            faulty.client(*create_args(net_image))
+            assert faulty.acked("x", create_x(net_image))
 
-    labels = crash_rounds(faulty, setup, lambda: faulty.client("restart", "x", check=None),
+    labels = crash_rounds(faulty, setup, lambda: faulty.acked("x", m.UnikernelRestart(None)),
                           lambda ok: ({":x"}, set()))
     assert "effect Kill" in labels and "create: pid recorded" in labels, labels
 
