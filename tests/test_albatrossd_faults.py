@@ -172,6 +172,7 @@ def crash_rounds(alb: Faulty, setup, command, expect) -> list[str]:
         label = alb.settle()
         present, absent = expect(ok)
         if label is None:
+            assert ok, "the command failed without a crash"
             check(alb, present, absent)
             assert labels, "no boundary at all"
             print("boundaries crashed at:", labels)
