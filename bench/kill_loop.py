@@ -38,9 +38,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 from albatross.core import NetDevice, UnikernelConfig  # noqa: E402
+from albatross.policy.names import Name  # noqa: E402
+from albatross.wire import encode_wire, frame  # noqa: E402
 from albatross.wire import messages as m  # noqa: E402
+from albatross.wire.messages import Header, Wire  # noqa: E402
 from solo5_fixtures import build_image  # noqa: E402
-from test_albatrossd_e2e import Albatross  # noqa: E402
+from test_albatrossd_e2e import Albatross, raw_request  # noqa: E402
 
 NAMES = ("k0", "k1", "k2")  # as sent; ":k0" etc. in the state file
 
@@ -60,7 +63,7 @@ class Bench(Albatross):
     def ok(self, name: str, cmd: m.Cmd) -> bool | None:
         """True: success; False: a failure reply; None: no reply (albatrossd was killed)."""
         try:
-            replies = self.request(name, cmd)
+            replies = raw_request(self.sock, frame(encode_wire(Wire(Header(Name.of_string(name)), cmd))), 90)
         except OSError as e:
             if os.environ.get("KILL_LOOP_DEBUG"):
                 print(name, e, flush=True)

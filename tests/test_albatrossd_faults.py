@@ -23,10 +23,13 @@ import psutil
 import pytest
 
 from albatross.core import NetDevice, UnikernelConfig
+from albatross.policy.names import Name
+from albatross.wire import encode_wire, frame
 from albatross.wire import messages as m
+from albatross.wire.messages import Header, Wire
 from albatross.wire.state import decode_state
 
-from test_albatrossd_e2e import BIN, Albatross, image, needs_netns, needs_root, net_image, wait_for  # noqa: F401
+from test_albatrossd_e2e import BIN, Albatross, image, needs_netns, needs_root, net_image, raw_request, wait_for  # noqa: F401
 
 pytestmark = needs_root
 
@@ -49,8 +52,9 @@ class Faulty(Albatross):
 
     def acked(self, name: str, cmd: m.Cmd) -> bool:
         """Send one command on the socket (no client process: faster); whether it succeeded."""
+        wire = Wire(Header(Name.of_string(name)), cmd)
         try:
-            replies = self.request(name, cmd)
+            replies = raw_request(self.sock, frame(encode_wire(wire)), timeout=90)
         except OSError:
             return False
         return bool(replies) and not isinstance(replies[-1].payload, m.Failure)
@@ -219,6 +223,34 @@ def test_kill_9_at_every_boundary_of_restart(faulty, net_image):
     labels = crash_rounds(faulty, setup, lambda: faulty.acked("x", m.UnikernelRestart(None)),
                           lambda ok: ({":x"}, set()))
     assert "effect Kill" in labels and "create: pid recorded" in labels, labels
+
+
+def test_kill_9_at_every_boundary_of_restore(tmp_path, image):
+    """A crash while restoring loses nothing: the state file is not rewritten per restored unikernel."""
+    alb = Faulty(tmp_path)
+    alb.start_stub()
+    alb.start()
+    try:
+        alb.client("create", "a", image, "--arg", "forever")
+        alb.client("create", "b", image, "--arg", "forever")
+        labels = []
+        for k in range(1, 60):
+            alb.stop(signal.SIGKILL)
+            alb.arm(k)
+            alb.start(wait=False)
+            wait_for(lambda: alb.hit() is not None or alb._connectable(), timeout=60, what="crash or socket")
+            label = alb.settle()  # answered after the restore
+            if label is None:
+                break
+            labels.append(label)
+            alb.start()
+            check(alb, {":a", ":b"})
+        else:
+            raise AssertionError(f"too many boundaries: {labels}")
+        check(alb, {":a", ":b"})
+        assert labels.count("create: pid recorded") == 2, labels
+    finally:
+        alb.teardown()
 
 
 def test_kill_9_reclaims_tenders_and_files(tmp_path, image):

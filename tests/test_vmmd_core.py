@@ -573,9 +573,9 @@ def test_dump_failed_without_waiting_command_keeps_running():
     c = core()
     _, effects = spawn(c, "r", cfg())  # a restore: nobody waits for the reply
     [dump] = only(effects, V.DumpState)
-    assert c.dump_failed(dump, "Read-only file system") == []
+    assert c.dump_failed(dump, "Read-only file system") is None  # carry on (announce to stats)
     assert c.running(N("r")).state == "running"
-    assert c.dump_failed(c.dump(), "Read-only file system") == []
+    assert c.dump_failed(c.dump(), "Read-only file system") is None
 
 
 def test_dump_failed_policy_add_undone():

@@ -468,9 +468,10 @@ class Daemon:
             elif isinstance(eff, V.DumpState):
                 err = self.dump(eff.state)
                 self.crash("state written" if err is None else "state write failed")
-                if err is not None:
-                    # the core decides what replaces the rest of this batch
-                    later.extend(await self.run(self.core.dump_failed(eff, err), conn))
+                decision = None if err is None else self.core.dump_failed(eff, err)
+                if decision is not None:
+                    # the core's answer replaces the rest of this batch (the success reply)
+                    later.extend(await self.run(decision, conn))
                     return later
             elif isinstance(eff, V.Tombstone):
                 path, err = R.write_tombstone(self.settings.dbdir, self.settings.tmpdir, eff.name.to_string())
@@ -876,9 +877,11 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def restore(self, unikernels: list[tuple[Name, UnikernelConfig]]) -> None:
+        # no state write per restored unikernel (unlike upstream): the file already lists
+        # them all, and a crash in the middle of the restore must not lose the rest
         for name, config in V.startup_order(unikernels):
             async with self.lock:
-                reply = await self.create(V.PrepareAndSpawn(name, config, True, None))
+                reply = await self.create(V.PrepareAndSpawn(name, config, False, None))
             if isinstance(reply, m.Failure):
                 log.error("failed to restart %s: %s", name.pretty(), reply.message)
 

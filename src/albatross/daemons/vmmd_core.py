@@ -193,7 +193,7 @@ class Undo:
 @dataclass(frozen=True, slots=True)
 class DumpState:
     """Write the state file; the shell reports a failure to Vmmd.dump_failed, whose
-    effects replace the rest of the batch (the success reply)."""
+    effects (if any) replace the rest of the batch (the success reply)."""
 
     state: State
     undo: Undo | None = None
@@ -372,8 +372,9 @@ class Vmmd:
     def dump(self, undo: Undo | None = None) -> DumpState:
         return DumpState(self.state(), undo)
 
-    def dump_failed(self, dump: DumpState, error: str) -> list[Effect]:
-        """Writing the state failed: what replaces the rest of the batch.
+    def dump_failed(self, dump: DumpState, error: str) -> list[Effect] | None:
+        """Writing the state failed: the effects replacing the rest of the batch, or
+        None to carry on with it (nobody is waiting for an answer).
 
         Nothing is acknowledged that is not on disk: a policy change is undone
         and refused; a fresh create (somebody waits for it) is rolled back (its
@@ -384,7 +385,7 @@ class Vmmd:
         """
         u = dump.undo
         if u is None:
-            return []
+            return None
         what = f"failed to write the state: {error}"
         if u.kind == "policy":
             path = u.name.path
@@ -401,7 +402,7 @@ class Vmmd:
             return [Tombstone(u.name, u.reply, u.text, error)]
         vm = self.vms.get(u.name)
         if u.reply is None or vm is None or vm.state != "running":
-            return []
+            return None
         vm.state = "stopping"
         self.waiters.pop(u.name, None)
         return [Kill(u.name, vm.pid),
