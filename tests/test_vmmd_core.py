@@ -547,3 +547,91 @@ def test_dump_excludes_starting_and_includes_policies():
     c.check_create(N("a"), cfg())
     st = c.state()
     assert [str(n) for n, _ in st.unikernels] == [":b"]
+
+
+# ------------------------------------------------------------------ failed state writes (issue 11)
+
+def test_dump_failed_create_rolls_back():
+    c = core()
+    config = cfg(fail_behaviour=FailBehaviour(True), bridges=(NetDevice("service", "br0"),), image=IMAGE_NET)
+    n = N("x")
+    c.check_create(n, config)
+    effects = c.created(n, config, Spawned(4242, (("vmmtap0", b"\x02" * 6),), b"d" * 32, Ptime(1)), True,
+                        Header(n, 7))
+    [dump] = only(effects, V.DumpState)
+    assert dump.undo == V.Undo("create", n, Header(n, 7))
+    out = c.dump_failed(dump, "No space left on device")
+    assert out[0] == V.Kill(n, 4242)
+    assert isinstance(out[1], V.RollBack) and "No space left on device" in out[1].message
+    assert "the unikernel was stopped" in out[1].message
+    assert c.vms.get(n).state == "stopping" and n not in c.waiters  # no restart after the kill
+    assert c.rolled_back(n) == [V.Cleanup(n, "solo5", ("vmmtap0",), b"d" * 32)]
+    assert c.vms.get(n) is None and c.resources.find_unikernel(n) is None
+    assert c.state().unikernels == ()
+    # the name can be created again
+    c.check_create(n, config)
+
+
+def test_dump_failed_without_waiting_command_keeps_running():
+    c = core()
+    _, effects = spawn(c, "r", cfg())  # a restore: nobody waits for the reply
+    [dump] = only(effects, V.DumpState)
+    assert c.dump_failed(dump, "Read-only file system") is None  # carry on (announce to stats)
+    assert c.running(N("r")).state == "running"
+    assert c.dump_failed(c.dump(), "Read-only file system") is None
+
+
+def test_dump_failed_policy_add_undone():
+    c = core()
+    h = Header(N("a:"), 3)
+    effects = c.handle_command(h, m.PolicyAdd(POL))
+    [dump] = only(effects, V.DumpState)
+    out = c.dump_failed(dump, "No space left on device")
+    assert out == [V.failure(h, "policy not changed: failed to write the state: No space left on device"), V.Loop()]
+    assert c.resources.find_policy(("a",)) is None
+    # replacing a policy: the previous one comes back
+    assert c.dump_failed(only(cmd(c, "a:", m.PolicyAdd(POL)), V.DumpState)[0], "x") == [
+        V.failure(Header(N("a:")), "policy not changed: failed to write the state: x"), V.Loop()]
+    cmd(c, "a:", m.PolicyAdd(POL))
+    other = Policy(1, frozenset({0}), 64, None, frozenset())
+    c.dump_failed(only(cmd(c, "a:", m.PolicyAdd(other)), V.DumpState)[0], "x")
+    assert c.resources.find_policy(("a",)) == POL
+
+
+def test_dump_failed_policy_remove_undone():
+    c = core()
+    cmd(c, "a:", m.PolicyAdd(POL))
+    [dump] = only(cmd(c, "a:", m.PolicyRemove()), V.DumpState)
+    out = c.dump_failed(dump, "Read-only file system")
+    assert replies(out) == [m.Failure("policy not changed: failed to write the state: Read-only file system")]
+    assert not only(out, V.Loop)
+    assert c.resources.find_policy(("a",)) == POL
+
+
+def test_dump_failed_destroy_tombstone():
+    c = core()
+    run_create(c, "d", cfg())
+    n = N("d")
+    h = Header(n, 9)
+    [_, wait] = c.handle_command(h, m.UnikernelDestroy())
+    c.on_exit(n, ExitStatus("signal", 15))
+    effects = c.destroy_done(wait.reply, ExitStatus("signal", 15))
+    [dump] = only(effects, V.DumpState)
+    assert dump.state.unikernels == ()
+    [tomb] = c.dump_failed(dump, "No space left on device")
+    assert tomb == V.Tombstone(n, h, "destroyed unikernel", "No space left on device")
+    [ok] = replies(c.tombstone_done(tomb, "/db/state.destroyed.:d", None))
+    assert ok == m.Failure("destroyed unikernel, but failed to write the state: No space left on device; "
+                           "it will not be restored at the next start (tombstone /db/state.destroyed.:d)")
+    [bad] = replies(c.tombstone_done(tomb, None, "/db/state.destroyed.:d: Read-only file system"))
+    assert "writing a tombstone failed too" in bad.message and "it will be restored at the next start" in bad.message
+
+
+def test_dump_failed_destroy_of_waiter():
+    c = core()
+    n = N("w")
+    c._register_restart(n, cfg())
+    effects = c.handle_command(Header(n), m.UnikernelDestroy())
+    [dump] = only(effects, V.DumpState)
+    [tomb] = c.dump_failed(dump, "e")
+    assert tomb.text == "destroyed: removed waiter" and tomb.name == n

@@ -22,6 +22,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ from ..wire import inflate as Z
 from ..wire import encode_wire, frame
 from ..wire.state import State, decode_state, encode_state
 from . import host, limits, safefs
+from . import runrecords as R
 from . import vmmd_core as V
 from .common import (
     run_cli,
@@ -86,6 +88,10 @@ class Settings:
     def state_path(self) -> str:
         return os.path.join(self.dbdir, "state")
 
+    @property
+    def records(self) -> R.Records:
+        return R.Records(self.tmpdir)
+
 
 @dataclass
 class Prepared:
@@ -99,15 +105,16 @@ class Prepared:
 # State file
 # --------------------------------------------------------------------------
 
-def write_state(dbdir: str, state: State) -> None:
+def write_state(dbdir: str, state: State, data: bytes | None = None) -> None:
     """Write ``dbdir/state`` crash-safely, keeping the previous one as ``state.bak``.
 
     The new content goes to a temporary file which is fsynced; the old state
     is hard-linked to ``state.bak`` (so ``state`` never disappears) and the
     temporary file is renamed over ``state``; finally the directory is fsynced.
     A crash at any point leaves ``state`` holding the old or the new content.
+    ``data``: the encoded ``state`` if the caller has it already.
     """
-    data = encode_state(state)
+    data = encode_state(state) if data is None else data
     path = os.path.join(dbdir, "state")
     fd, tmp = tempfile.mkstemp(prefix="state.", suffix=".tmp", dir=dbdir)
     try:
@@ -148,6 +155,52 @@ def read_state(dbdir: str) -> State | None:
         return decode_state(data)
     except AlbatrossError as e:
         raise AlbatrossError(f"couldn't parse state: {e.message}") from None
+
+
+def load_state(dbdir: str) -> tuple[State | None, bytes | None]:
+    """The stored state (and its bytes), recovering from a corrupt ``state``.
+
+    A ``state`` that cannot be decoded is renamed to ``state.corrupt-<UTC time>``
+    (kept for inspection) and ``state.bak`` -- the state before the last write --
+    is decoded and written as ``state``, with a loud error; the last command
+    before the corruption may thus be undone.  If there is no usable
+    ``state.bak`` either, StartupError says how to recover by hand.
+    """
+    try:
+        state = read_state(dbdir)
+    except AlbatrossError as e:
+        path = os.path.join(dbdir, "state")
+        bak = os.path.join(dbdir, "state.bak")
+        try:
+            with open(bak, "rb") as fh:
+                bak_data = fh.read()
+            bak_state = decode_state(bak_data)
+        except (OSError, AlbatrossError) as e2:
+            why = e2.message if isinstance(e2, AlbatrossError) else (e2.strerror or str(e2))
+            raise StartupError(
+                f"bailing out: {e.message} ({path}); no usable {bak} either ({why}). To recover: move {path} "
+                f"away (mv {path} {path}.corrupt) and put a good copy in its place (e.g. {dbdir}/state.started, "
+                f"written at the previous start: cp {dbdir}/state.started {path}), or start with no unikernels "
+                f"(the policies are lost too), then start albatrossd again") from None
+        kept = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        try:
+            os.rename(path, kept)
+            write_state(dbdir, bak_state, bak_data)
+        except OSError as e3:
+            raise StartupError(
+                f"bailing out: {e.message} ({path}), and recovering from {bak} failed: {e3.strerror}. To recover: "
+                f"cp {bak} {path} on a writable {dbdir}, then start albatrossd again") from None
+        log.critical("CORRUPT STATE FILE: %s (%s); kept as %s for inspection; started from %s instead "
+                     "(%d unikernels, %d policies): the last change before the corruption may be lost",
+                     path, e.message, kept, bak, len(bak_state.unikernels), len(bak_state.policies))
+        return bak_state, bak_data
+    if state is None:
+        return None, None
+    try:
+        with open(os.path.join(dbdir, "state"), "rb") as fh:
+            return state, fh.read()
+    except OSError:
+        return state, None
 
 
 def backup_state(dbdir: str) -> None:
@@ -216,8 +269,11 @@ def free_system_resources(settings: Settings, name: Name, taps: list[str] | tupl
         raise CreateError(", ".join(problems))
 
 
-def prepare(settings: Settings, name: Name, config: UnikernelConfig) -> Prepared:
-    """Image, tender, manifest, bridges, fifo and taps for a Solo5 unikernel (§2.4 step 3)."""
+def prepare(settings: Settings, name: Name, config: UnikernelConfig, reserve_tap=None) -> Prepared:
+    """Image, tender, manifest, bridges, fifo and taps for a Solo5 unikernel (§2.4 step 3).
+
+    ``reserve_tap(name)`` is called before each tap is created (to record it; may raise OSError).
+    """
     if config.typ != "solo5":
         raise CreateError("BHyve virtual machines are only supported on FreeBSD")
     try:
@@ -238,7 +294,7 @@ def prepare(settings: Settings, name: Name, config: UnikernelConfig) -> Prepared
                 raise CreateError(f"interface {bridge} does not exist")
         make_fifo(settings.fifo_path(name))
         for bridge in config.host_bridges():
-            created.append(taps_mod.create_tap(bridge))
+            created.append(taps_mod.create_tap(bridge, reserve_tap))
     except (AlbatrossError, OSError) as e:
         try:
             free_system_resources(settings, name, created)
@@ -354,6 +410,16 @@ class Daemon:
         # stats messages go out from a queue, outside the lock (see send_stats)
         self.stats_queue: asyncio.Queue[tuple[Conn, Wire]] = asyncio.Queue()
         self.stats_worker: asyncio.Task | None = None
+        self.records = settings.records
+        #: test-only fault injection (a no-op unless $ALBATROSSD_CRASH_FILE is set)
+        self.crash = R.CrashPoints.from_env()
+        #: the bytes of the state file on disk, as far as this daemon knows
+        self.written: bytes | None = None
+        #: a state write failed: retry (retry_dump) until one succeeds
+        self.dump_pending = False
+        #: tmpdirs whose tombstones count (ours and the previous instance's)
+        self.tombstone_dirs = [settings.tmpdir]
+        self.have_tombstones = False
 
     def spawn_task(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -473,7 +539,19 @@ class Daemon:
                 if conn is not None:
                     await self.write(conn, eff.wire)
             elif isinstance(eff, V.DumpState):
-                self.dump(eff.state)
+                err = self.dump(eff.state)
+                self.crash("state written" if err is None else "state write failed")
+                decision = None if err is None else self.core.dump_failed(eff, err)
+                if decision is not None:
+                    # the core's answer replaces the rest of this batch (the success reply)
+                    later.extend(await self.run(decision, conn))
+                    return later
+            elif isinstance(eff, V.Tombstone):
+                path, err = R.write_tombstone(self.settings.dbdir, self.settings.tmpdir, eff.name.to_string())
+                self.have_tombstones = self.have_tombstones or path is not None
+                await self.run(self.core.tombstone_done(eff, path, err), conn)
+            elif isinstance(eff, V.RollBack):
+                later.append(eff)
             elif isinstance(eff, V.PrepareAndSpawn):
                 reply = await self.create(eff)
                 if conn is not None and eff.reply is not None:
@@ -508,6 +586,7 @@ class Daemon:
                     await self.run(await asyncio.to_thread(self.block_io, eff), conn)
             elif isinstance(eff, V.Loop):
                 later.append(eff)
+            self.crash(f"effect {type(eff).__name__}")
         return later
 
     @staticmethod
@@ -529,12 +608,39 @@ class Daemon:
             return False
         return True
 
-    def dump(self, state: State) -> None:
-        try:
-            write_state(self.settings.dbdir, state)
+    def dump(self, state: State, quiet: bool = False) -> str | None:
+        """Write the state file; None or what went wrong (then a retry is pending)."""
+        data = encode_state(state)
+        if data != self.written:
+            try:
+                write_state(self.settings.dbdir, state, data)
+            except (OSError, AlbatrossError) as e:
+                if isinstance(e, OSError):
+                    msg = f"{e.strerror or e} ({self.settings.state_path})"
+                else:
+                    msg = e.message
+                if not quiet:
+                    log.error("failed to dump unikernels: %s", msg)
+                self.dump_pending = True
+                return msg
+            self.written = data
             log.info("dumped current state")
-        except (OSError, AlbatrossError) as e:
-            log.error("failed to dump unikernels: %s", e)
+        self.dump_pending = False
+        if self.have_tombstones:
+            # the file on disk is the truth again
+            R.clear_tombstones(self.settings.dbdir, self.tombstone_dirs)
+            self.have_tombstones = False
+        return None
+
+    async def retry_dump(self, interval: float = 1.0) -> None:
+        """Write the state again after a failed write (disk full, read-only) until it works."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.dump_pending and not self.shutting_down:
+                async with self.lock:
+                    if self.dump_pending and not self.core.shutting_down:
+                        if self.dump(self.core.state(), quiet=True) is None:
+                            log.warning("state written after earlier failures")
 
     def kill(self, name: Name, pid: int) -> None:
         try:
@@ -548,6 +654,8 @@ class Daemon:
             await asyncio.to_thread(free_system_resources, self.settings, eff.name, eff.taps)
         except CreateError as e:
             log.error("%s while shutdown unikernel %s", e.message, eff.name.pretty())
+        self.crash("cleanup: resources freed")
+        self.records.remove(eff.name.to_string())
 
     # -- create ----------------------------------------------------------------------------
     async def create(self, eff: V.PrepareAndSpawn) -> m.Reply | m.Failure:
@@ -558,37 +666,93 @@ class Daemon:
         except AlbatrossError as e:
             log.error("failed to create %s: %s", name.pretty(), e.message)
             return m.Failure(e.message)
+        # the tender record is written before each effect it describes (runrecords)
+        rec = R.TenderRecord(name.to_string(), self.settings.image_path(name), self.settings.fifo_path(name),
+                             R.boot_id())
         try:
-            prepared = await asyncio.to_thread(prepare, self.settings, name, config)
+            await asyncio.to_thread(self.records.write, rec)
+        except OSError as e:
+            self.core.create_failed(name)
+            msg = f"could not create unikernel: writing the tender record failed: {e.strerror or e}"
+            log.error("failed to create %s: %s", name.pretty(), msg)
+            return m.Failure(msg)
+        self.crash("create: record written")
+
+        def reserve_tap(tap: str) -> None:  # in prepare's thread, before the tap exists
+            rec.taps.append(tap)
+            self.records.write(rec)
+            self.crash(f"create: {tap} recorded")
+
+        try:
+            prepared = await asyncio.to_thread(prepare, self.settings, name, config, reserve_tap)
         except (AlbatrossError, OSError) as e:
             self.core.create_failed(name)
+            self.records.remove(rec.name)
             msg = e.message if isinstance(e, AlbatrossError) else str(e)
             log.error("failed to create %s: %s", name.pretty(), msg)
             return m.Failure(msg)
+        self.crash("create: prepared")
         err = await self.console_add(name)
         if err is not None:
             log.error("console add for %s failed: %s", name.pretty(), err)
             return await self._create_failed(name, prepared)
+        self.crash("create: console added")
         try:
             self.core.recheck(name, config)
+            st = os.stat(self.settings.fifo_path(name))
+            rec.fifo_inode = [st.st_dev, st.st_ino]
+            self.records.write(rec)
+            self.crash("create: spawn recorded")
             pid = await self._exec(name, config, prepared)
         except (AlbatrossError, OSError) as e:
             log.error("create (exec) failed %s", e)
             return await self._create_failed(name, prepared)
+        self.crash("create: spawned")
+        watch = self._watch(pid)
+        rec.pid, rec.start = pid, R.proc_start_time(pid)
+        try:
+            self.records.write(rec)
+        except OSError as e:
+            log.error("recording the tender of %s failed: %s", name.pretty(), e)
+            await self._stop_spawned(name, pid, watch)
+            return await self._create_failed(
+                name, prepared, f"could not create unikernel: writing the tender record failed: {e.strerror or e}")
+        self.crash("create: pid recorded")
         macs = tender_mod.macs_in_use(name, config)
         proc = Spawned(pid, tuple(zip(prepared.taps, macs)), prepared.digest, Ptime.now())
-        watch = self._watch(pid)
         try:
-            effects = self.core.created(name, config, proc, eff.needs_dump)
+            effects = self.core.created(name, config, proc, eff.needs_dump, eff.reply)
         except AlbatrossError as e:
             log.error("create (accounting) failed %s", e.message)
             self.kill(name, pid)
             await watch
             return await self._create_failed(name, prepared)
         log.info("created %s: pid %d", name.pretty(), pid)
-        await self.run(effects)
+        later = await self.run(effects)
+        rollback = next((e for e in later if isinstance(e, V.RollBack)), None)
+        if rollback is not None:
+            # the state could not be written: the core had the tender killed
+            await self._stop_spawned(name, pid, watch, signalled=True)
+            await self.run(self.core.rolled_back(name))
+            log.error("create of %s rolled back: %s", name.pretty(), rollback.message)
+            return m.Failure(rollback.message)
         self.spawn_task(self.exit_watcher(name, watch))
         return m.String("created unikernel")
+
+    async def _stop_spawned(self, name: Name, pid: int, watch: asyncio.Future, signalled: bool = False,
+                            bound: float = 10.0) -> ExitStatus:
+        """Stop a tender whose exit is not watched yet: SIGTERM, SIGKILL after ``bound`` seconds."""
+        if not signalled:
+            self.kill(name, pid)
+        try:
+            return await asyncio.wait_for(asyncio.shield(watch), bound)
+        except asyncio.TimeoutError:
+            log.warning("%s did not stop within %.0fs, sending SIGKILL", name.pretty(), bound)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            return await watch
 
     async def _exec(self, name: Name, config: UnikernelConfig, prepared: Prepared) -> int:
         await asyncio.to_thread(tender_mod.check_tender_version, prepared.tender, prepared.abi_version)
@@ -611,13 +775,16 @@ class Daemon:
         if fd is not None:
             os.close(fd)
 
-    async def _create_failed(self, name: Name, prepared: Prepared) -> m.Failure:
+    async def _create_failed(self, name: Name, prepared: Prepared, message: str = CONSOLE_FAILED) -> m.Failure:
         self.core.create_failed(name)
+        self._release_fifo(name)
         try:
             await asyncio.to_thread(free_system_resources, self.settings, name, prepared.taps)
         except CreateError as e:
-            return m.Failure(f"{CONSOLE_FAILED}, and also {e.message} while cleaning resources")
-        return m.Failure(CONSOLE_FAILED)
+            return m.Failure(f"{message}, and also {e.message} while cleaning resources")
+        finally:
+            self.records.remove(name.to_string())
+        return m.Failure(message)
 
     # -- exits -------------------------------------------------------------------------------
     def _watch(self, pid: int) -> asyncio.Future:
@@ -827,9 +994,11 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def restore(self, unikernels: list[tuple[Name, UnikernelConfig]]) -> None:
+        # no state write per restored unikernel (unlike upstream): the file already lists
+        # them all, and a crash in the middle of the restore must not lose the rest
         for name, config in V.startup_order(unikernels):
             async with self.lock:
-                reply = await self.create(V.PrepareAndSpawn(name, config, True, None))
+                reply = await self.create(V.PrepareAndSpawn(name, config, False, None))
             if isinstance(reply, m.Failure):
                 log.error("failed to restart %s: %s", name.pretty(), reply.message)
 
@@ -861,7 +1030,7 @@ class Daemon:
 # --------------------------------------------------------------------------
 
 async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, UnikernelConfig]],
-                systemd: bool) -> None:
+                systemd: bool, persisted: "Persisted | None" = None) -> None:
     console_path = socket_path(settings.tmpdir, "console")
     try:
         console = await open_unix(console_path)
@@ -869,6 +1038,11 @@ async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, Uni
         raise StartupError(f"Failed to connect to {console_path}, is albatross-console started?") from None
     daemon = Daemon(settings, core, console)
     limits.quiet_accept_errors()
+    if persisted is not None:
+        daemon.written = persisted.written
+        daemon.tombstone_dirs = persisted.tombstone_dirs
+        daemon.have_tombstones = persisted.have_tombstones
+        daemon.dump_pending = persisted.dump_pending
     try:
         sock = service_socket(settings.tmpdir, "vmmd", systemd)
     except OSError as e:
@@ -879,12 +1053,40 @@ async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, Uni
     daemon.server = await asyncio.start_unix_server(daemon.handle, sock=sock, limit=1 << 20)
     sd_notify("READY=1")
     watcher = asyncio.get_running_loop().create_task(daemon.watch_console())
+    retry = asyncio.get_running_loop().create_task(daemon.retry_dump())
     await daemon.done.wait()
     watcher.cancel()
+    retry.cancel()
 
 
-def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd, list]:
-    """Steps 2-8 of behaviour.md §2.2 (no sockets yet)."""
+@dataclass
+class Persisted:
+    """What startup learnt about the files on disk, for the Daemon."""
+
+    written: bytes | None = None
+    tombstone_dirs: list[str] | None = None
+    have_tombstones: bool = False
+    dump_pending: bool = False
+
+
+def reclaim(settings: Settings, lock: R.DaemonLock | None) -> list[str]:
+    """Stop and remove what a previous albatrossd on this dbdir left behind; the tmpdirs searched."""
+    tmpdirs = [settings.tmpdir]
+    if lock is not None and lock.previous_tmpdir and os.path.realpath(lock.previous_tmpdir) != \
+            os.path.realpath(settings.tmpdir):
+        tmpdirs.append(lock.previous_tmpdir)
+    lines = R.reconcile([R.Records(d) for d in tmpdirs], taps_mod.destroy_tap)
+    for line in lines:
+        log.warning("%s", line)
+    if not lines:
+        log.info("nothing left behind by a previous albatrossd")
+    return tmpdirs
+
+
+def startup(settings: Settings, zvol_path: tuple[str, ...] | None,
+            lock: R.DaemonLock | None = None) -> tuple[Vmmd, list, Persisted]:
+    """Steps 2-8 of behaviour.md §2.2 (no sockets yet), after reclaiming leftovers (the lock is held)."""
+    tmpdirs = reclaim(settings, lock)
     core = Vmmd.create(zvol_path)
     for msg in core.init_block_devices(host.scan_block_devices(settings.dbdir)):
         log.error("%s", msg)
@@ -894,22 +1096,39 @@ def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd
     except host.HostError as e:
         raise StartupError(e.message) from None
     logging.getLogger("albatross").log(logging.WARNING + 5, "root policy: %s", root.describe())
-    try:
-        state = read_state(settings.dbdir)
-    except AlbatrossError as e:
-        raise StartupError(f"bailing out: {e.message}") from None
+    state, written = load_state(settings.dbdir)
+    persisted = Persisted(written, tmpdirs)
     if state is None:
         log.warning("no state dump found, starting with no unikernels")
         state = State()
     else:
         log.info("restored %d unikernels and %d policies", len(state.unikernels), len(state.policies))
         backup_state(settings.dbdir)
+    graves = R.tombstones(settings.dbdir, tmpdirs)
+    if graves:
+        kept = tuple((n, c) for n, c in state.unikernels if n.to_string() not in graves)
+        for n, _ in state.unikernels:
+            if n.to_string() in graves:
+                log.warning("not restoring %s: it was destroyed, but the state file could not be written "
+                            "then (tombstone %s)", n.pretty(), graves[n.to_string()])
+        state = State(kept, state.policies)
+        persisted.have_tombstones = True
+        try:
+            data = encode_state(state)
+            if data != written:
+                write_state(settings.dbdir, state, data)
+                persisted.written = data
+            R.clear_tombstones(settings.dbdir, tmpdirs)
+            persisted.have_tombstones = False
+        except OSError as e:
+            log.error("failed to write the state without the destroyed unikernels (will retry): %s", e)
+            persisted.dump_pending = True
     try:
         for w in core.restore_policies(list(state.policies), root):
             log.warning("%s", w)
     except AlbatrossError as e:
         raise StartupError(e.message) from None
-    return core, list(state.unikernels)
+    return core, list(state.unikernels), persisted
 
 
 @click.command("albatrossd")
@@ -942,14 +1161,16 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     settings = Settings(tmpdir, dbdir, not no_drop_path, max_image_size * 1024 * 1024)
+    # one supervisor per dbdir: before anything else (sockets, tenders, files)
+    lock = R.DaemonLock.acquire(dbdir, tmpdir)
     try:
         safefs.check_layout(dbdir, tmpdir)
     except safefs.UnsafePath as e:
         raise StartupError(f"refusing to start: {e.message}") from None
     limits.raise_nofile()
-    core, unikernels = startup(settings, zvol)
+    core, unikernels, persisted = startup(settings, zvol, lock)
     core.max_image_size = settings.max_image_size
-    asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd), influx, "albatross",
+    asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd, persisted), influx, "albatross",
                                  lambda: resource_lines(core.resources)))
 
 

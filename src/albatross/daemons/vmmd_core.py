@@ -173,8 +173,49 @@ class RestartDecision:
 
 
 @dataclass(frozen=True, slots=True)
+class Undo:
+    """What a state write persists, so that Vmmd.dump_failed can decide when it fails.
+
+    kind "create": the unikernel ``name`` just started (answered on ``reply``);
+    "destroy": ``name`` was destroyed (``text`` is the success reply);
+    "policy": the policy of ``name``'s path was changed (``policy`` is the previous one,
+    None if there was none; ``loop``: the connection is kept open).
+    """
+
+    kind: Literal["create", "destroy", "policy"]
+    name: Name
+    reply: Header | None = None
+    text: str = ""
+    policy: Policy | None = None
+    loop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class DumpState:
+    """Write the state file; the shell reports a failure to Vmmd.dump_failed, whose
+    effects (if any) replace the rest of the batch (the success reply)."""
+
     state: State
+    undo: Undo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """A destroy's state write failed: mark ``name`` destroyed on disk, then Vmmd.tombstone_done."""
+
+    name: Name
+    reply: Header | None
+    text: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class RollBack:
+    """A create's state write failed and its tender was signalled: once it exited,
+    call Vmmd.rolled_back and answer ``message``."""
+
+    name: Name
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +262,7 @@ class BlockIO:
 
 
 Effect = Union[Reply, Loop, PrepareAndSpawn, Kill, AwaitExit, Wake, RestartDecision, DumpState,
-               Cleanup, StatsMessage, AdoptStats, BlockIO]
+               Cleanup, StatsMessage, AdoptStats, BlockIO, Tombstone, RollBack]
 
 
 # --------------------------------------------------------------------------
@@ -331,8 +372,68 @@ class Vmmd:
         return State(tuple((n, vm.config) for n, vm in self.vms.items() if vm.state != "starting"),
                      tuple(self.resources.policies.items()))
 
-    def dump(self) -> DumpState:
-        return DumpState(self.state())
+    def dump(self, undo: Undo | None = None) -> DumpState:
+        return DumpState(self.state(), undo)
+
+    def dump_failed(self, dump: DumpState, error: str) -> list[Effect] | None:
+        """Writing the state failed: the effects replacing the rest of the batch, or
+        None to carry on with it (nobody is waiting for an answer).
+
+        Nothing is acknowledged that is not on disk: a policy change is undone
+        and refused; a fresh create (somebody waits for it) is rolled back (its
+        tender is killed, see RollBack); a destroy cannot be undone, so it is
+        marked with a tombstone and answered with a failure saying so.  Without
+        a waiting command (an exit, a restart decision, a restore) there is
+        nobody to answer: the shell logs it and retries the write later.
+        """
+        u = dump.undo
+        if u is None:
+            return None
+        what = f"failed to write the state: {error}"
+        if u.kind == "policy":
+            path = u.name.path
+            try:
+                if u.policy is None:
+                    self.resources.remove_policy(path)
+                else:
+                    self.resources.insert_policy(path, u.policy)
+            except PolicyError as e:
+                log.error("undoing the policy change of %s failed: %s", u.name, e.message)
+            out: list[Effect] = [failure(u.reply, f"policy not changed: {what}")] if u.reply else []
+            return out + ([Loop()] if u.loop else [])
+        if u.kind == "destroy":
+            return [Tombstone(u.name, u.reply, u.text, error)]
+        vm = self.vms.get(u.name)
+        if u.reply is None or vm is None or vm.state != "running":
+            return None
+        vm.state = "stopping"
+        self.waiters.pop(u.name, None)
+        return [Kill(u.name, vm.pid),
+                RollBack(u.name, f"could not create unikernel: {what}; the unikernel was stopped")]
+
+    def tombstone_done(self, eff: Tombstone, path: str | None, error: str | None) -> list[Effect]:
+        """The reply to a destroy whose state write failed, once the tombstone was (not) written."""
+        text = f"{eff.text}, but failed to write the state: {eff.error}"
+        if path is not None:
+            text += f"; it will not be restored at the next start (tombstone {path})"
+        else:
+            text += f"; writing a tombstone failed too ({error}): it will be restored at the next start"
+        log.error("%s: %s", eff.name.pretty(), text)
+        return [failure(eff.reply, text)] if eff.reply is not None else []
+
+    def rolled_back(self, name: Name) -> list[Effect]:
+        """The tender of a rolled-back create exited: forget it, free its resources (no dump, no stats)."""
+        vm = self.vms.get(name)
+        if vm is None:
+            return []
+        self.vms.remove(name)
+        try:
+            self.resources.remove_vm(name)
+        except PolicyError as e:
+            log.warning("%s while removing unikernel %s from resources", e.message, name)
+        self.waiters.pop(name, None)
+        self.restarting.discard(name)
+        return [Cleanup(name, vm.config.typ, tuple(t for t, _ in vm.taps), vm.digest)]
 
     def _dump_unless_shutdown(self) -> list[Effect]:
         return [] if self.shutting_down else [self.dump()]
@@ -358,12 +459,14 @@ class Vmmd:
         name = header.name
         if self.waiters.get(name):
             del self.waiters[name]
-            dump = [self.dump()] if needs_dump else []
-            return dump + [string(header, "destroyed: removed waiter")]
+            text = "destroyed: removed waiter"
+            dump = [self.dump(Undo("destroy", name, header, text))] if needs_dump else []
+            return dump + [string(header, text)]
         if name in self.restarting:
             self.restarting.discard(name)
-            dump = [self.dump()] if needs_dump else []
-            return dump + [string(header, "destroyed: removed from restarting")]
+            text = "destroyed: removed from restarting"
+            dump = [self.dump(Undo("destroy", name, header, text))] if needs_dump else []
+            return dump + [string(header, text)]
         return [failure(header, "destroy: not found")]
 
     # -- stats ------------------------------------------------------------------------
@@ -401,13 +504,16 @@ class Vmmd:
         if name.label is not None:
             log.warning("policy command with non-empty name part %r in %s", name.label, name)
         if isinstance(cmd, m.PolicyRemove):
+            old = self.resources.find_policy(path)
             self.resources.remove_policy(path)
-            return [self.dump(), string(header, "removed policy")]
+            return [self.dump(Undo("policy", name, header, policy=old)), string(header, "removed policy")]
         if isinstance(cmd, m.PolicyAdd):
-            if self.resources.find_policy(path) == cmd.policy:
+            old = self.resources.find_policy(path)
+            if old == cmd.policy:
                 return [string(header, "no modification of policy"), Loop()]
             self.resources.insert_policy(path, cmd.policy)
-            return [self.dump(), string(header, "added policy"), Loop()]
+            return [self.dump(Undo("policy", name, header, policy=old, loop=True)), string(header, "added policy"),
+                    Loop()]
         assert isinstance(cmd, m.PolicyInfoCmd)
         return [success(header, m.Policies(tuple(self.resources.policies.listing(path))))]
 
@@ -509,7 +615,8 @@ class Vmmd:
     def destroy_done(self, header: Header, status: ExitStatus) -> list[Effect]:
         """A destroy's waiter fired: dump state and reply."""
         log.info("%s exited with %s", header.name.pretty(), status.describe())
-        return [self.dump(), string(header, "destroyed unikernel")]
+        text = "destroyed unikernel"
+        return [self.dump(Undo("destroy", header.name, header, text)), string(header, text)]
 
     # block devices
     def _block_cmd(self, header: Header, cmd: m.Cmd) -> list[Effect]:
@@ -612,8 +719,13 @@ class Vmmd:
         """The dynamic check again, right before exec."""
         self.resources.check_vm(name, config)
 
-    def created(self, name: Name, config: UnikernelConfig, proc: Spawned, needs_dump: bool) -> list[Effect]:
-        """The tender runs: account it, dump, announce to stats, register the restart handler."""
+    def created(self, name: Name, config: UnikernelConfig, proc: Spawned, needs_dump: bool,
+                reply: Header | None = None) -> list[Effect]:
+        """The tender runs: account it, dump, announce to stats, register the restart handler.
+
+        ``reply``: the header of the command waiting for this create (None: a
+        restore or a restart); a failed dump rolls back only a create somebody waits for.
+        """
         try:
             self.resources.insert_vm(name, config)
         except PolicyError:
@@ -621,7 +733,7 @@ class Vmmd:
             raise
         vm = Vm(name, config, "running", proc.pid, tuple(proc.taps), proc.digest, proc.started)
         self.vms.insert(name, vm)
-        effects: list[Effect] = [self.dump()] if needs_dump else []
+        effects: list[Effect] = [self.dump(Undo("create", name, reply))] if needs_dump else []
         effects.append(self._stats_add(vm))
         if config.restart_handler():
             self._register_restart(name, config)
@@ -701,5 +813,6 @@ def check_manifest(config: UnikernelConfig, max_image: int = Z.DEFAULT_MAX_IMAGE
 __all__ = [
     "Vmmd", "Vm", "ExitStatus", "Spawned", "should_restart", "startup_order", "bytes_of_mb",
     "Reply", "Loop", "PrepareAndSpawn", "Kill", "AwaitExit", "Wake", "RestartDecision", "DumpState",
-    "Cleanup", "StatsMessage", "AdoptStats", "BlockIO", "Effect", "check_manifest",
+    "Cleanup", "StatsMessage", "AdoptStats", "BlockIO", "Effect", "check_manifest", "Undo", "Tombstone",
+    "RollBack",
 ]

@@ -68,14 +68,18 @@ def free_tap_name(existing: set[str]) -> str:
     return f"{TAP_PREFIX}{n}"
 
 
-def create_tap(bridge: str) -> str:
+def create_tap(bridge: str, reserve=None) -> str:
     """Create the lowest free vmmtapN, bring it up and enslave it to ``bridge``.
 
     If a step fails the tap (if already created) is removed again and a
-    Solo5Error is raised.  Returns the tap's name.
+    Solo5Error is raised.  Returns the tap's name.  ``reserve(name)``, if
+    given, is called with the chosen name before the tap is created (albatrossd
+    records it there, so that a crash never leaves an unrecorded tap).
     """
     with IPRoute() as ipr:
         tap = free_tap_name({_ifname(link) for link in ipr.get_links()})
+        if reserve is not None:
+            reserve(tap)
         try:
             ipr.link("add", ifname=tap, kind="tuntap", mode="tap")
         except (NetlinkError, OSError) as e:
