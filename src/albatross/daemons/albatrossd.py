@@ -13,6 +13,7 @@ outside of it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import fcntl
 import hashlib
@@ -22,6 +23,8 @@ import shutil
 import signal
 import stat
 import tempfile
+import termios
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -49,6 +52,8 @@ log = logging.getLogger("albatross.vmmd")
 
 CHUNK = 4096
 CONSOLE_FAILED = "could not create unikernel: console failed"
+#: console lines logged for a tender dying within Settings.early_exit seconds
+EARLY_EXIT_LINES = 10
 
 
 class CreateError(AlbatrossError):
@@ -60,6 +65,7 @@ class Settings:
     tmpdir: str
     dbdir: str
     drop_path: bool = True
+    early_exit: float = 1.0  # a tender dying this soon is logged with its console's tail
 
     def image_path(self, name: Name) -> str:
         return os.path.join(self.tmpdir, name.image_file())
@@ -249,6 +255,16 @@ def spawn_tender(argv: list[str], fifo: str) -> int:
         os.close(fd)
 
 
+def fifo_pending(fd: int) -> int:
+    """Bytes waiting in the pipe/fifo ``fd``."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return buf[0]
+
+
 def status_of_wait(status: int) -> ExitStatus:
     if os.WIFEXITED(status):
         return ExitStatus("exit", os.WEXITSTATUS(status))
@@ -405,6 +421,9 @@ class Daemon:
                 reply = await self.create(eff)
                 if conn is not None and eff.reply is not None:
                     await self.write(conn, Wire(eff.reply, reply))
+                if eff.reply is None and isinstance(reply, m.Failure):  # a restart failed
+                    await self.run(self.core.restart_failed(eff.name, eff.config, reply.message,
+                                                            time.monotonic()))
             elif isinstance(eff, V.Kill):
                 self.kill(eff.name, eff.pid)
             elif isinstance(eff, V.AwaitExit):
@@ -420,6 +439,8 @@ class Daemon:
                     fut.set_result(eff.status)
             elif isinstance(eff, V.RestartDecision):
                 self.spawn_task(self.restart_handler(eff))
+            elif isinstance(eff, V.ScheduleRestart):
+                self.spawn_task(self.delayed_restart(eff))
             elif isinstance(eff, V.AdoptStats):
                 if self.stats is not None:
                     self.stats.close()
@@ -491,7 +512,8 @@ class Daemon:
             log.error("create (exec) failed %s", e)
             return await self._create_failed(name, prepared)
         macs = tender_mod.macs_in_use(name, config)
-        proc = Spawned(pid, tuple(zip(prepared.taps, macs)), prepared.digest, Ptime.now())
+        started = time.monotonic()
+        proc = Spawned(pid, tuple(zip(prepared.taps, macs)), prepared.digest, Ptime.now(), started)
         watch = self._watch(pid)
         try:
             effects = self.core.created(name, config, proc, eff.needs_dump)
@@ -500,9 +522,10 @@ class Daemon:
             self.kill(name, pid)
             await watch
             return await self._create_failed(name, prepared)
-        log.info("created %s: pid %d", name.pretty(), pid)
+        log.log(V.APP, "started %s: pid %d, taps %s, cpus %s, %d MB", name.pretty(), pid,
+                ",".join(prepared.taps) or "none", ",".join(map(str, sorted(config.cpuids))), config.memory)
         await self.run(effects)
-        self.spawn_task(self.exit_watcher(name, watch))
+        self.spawn_task(self.exit_watcher(name, watch, started))
         return m.String("created unikernel")
 
     async def _exec(self, name: Name, config: UnikernelConfig, prepared: Prepared) -> int:
@@ -555,14 +578,69 @@ class Daemon:
         loop.add_reader(pidfd, ready)
         return fut
 
-    async def exit_watcher(self, name: Name, watch: asyncio.Future) -> None:
+    async def exit_watcher(self, name: Name, watch: asyncio.Future, started: float) -> None:
         status = await watch
+        ran = time.monotonic() - started
+        early = None
+        if ran < self.settings.early_exit and name in self.fifo_keepers:
+            # what the tender printed: once albatross-console has read all of it from the
+            # fifo (our read end tells how much is left), it is in its history
+            early = os.dup(self.fifo_keepers[name])
         async with self.lock:
             await self.run(self.core.on_exit(name, status))
+        if early is not None:
+            self.spawn_task(self.report_early_exit(name, status, ran, early))
+
+    async def report_early_exit(self, name: Name, status: ExitStatus, ran: float, fd: int) -> None:
+        """Log a tender that died within its first second, with the tail of its console."""
+        try:
+            deadline = time.monotonic() + 2.0
+            while fifo_pending(fd) > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            os.close(fd)
+        tail = await self.console_tail(name, EARLY_EXIT_LINES)
+        log.warning("%s died %.2f s after its start with %s; console: %s", name.pretty(), ran,
+                    status.describe(), tail)
+
+    async def console_tail(self, name: Name, count: int) -> str:
+        """The last ``count`` console lines of ``name`` as albatross-console has them."""
+        path = socket_path(self.settings.tmpdir, "console")
+        lines: list[str] = []
+        try:
+            conn = await asyncio.wait_for(open_unix(path), 2.0)
+        except (OSError, asyncio.TimeoutError) as e:
+            return f"(unavailable: {e or 'timeout'})"
+        try:
+            await conn.write_wire(Wire(Header(name), m.ConsoleSubscribe(count=count)))
+            reply = await asyncio.wait_for(conn.read_wire(), 2.0)
+            if reply is None or not isinstance(reply.payload, m.String):
+                return f"(unavailable: {reply.payload if reply is not None else 'no reply'})"
+            while len(lines) < count:  # the history comes at once; then only live lines would follow
+                w = await asyncio.wait_for(conn.read_wire(), 0.2)
+                if w is None or not isinstance(w.payload, m.ConsoleData):
+                    break
+                lines.append(w.payload.line.decode("utf-8", "replace"))
+        except asyncio.TimeoutError:
+            pass
+        except (OSError, AlbatrossError) as e:
+            lines.append(f"(console: {e})")
+        finally:
+            conn.close()
+        return " | ".join(lines) if lines else "(empty)"
 
     async def restart_handler(self, eff: V.RestartDecision) -> None:
         async with self.lock:
-            await self.run(self.core.decide_restart(eff.name, eff.config, eff.status))
+            await self.run(self.core.decide_restart(eff.name, eff.config, eff.status,
+                                                    now=time.monotonic(), started=eff.started))
+
+    async def delayed_restart(self, eff: V.ScheduleRestart) -> None:
+        """The back-off wait; the core decides whether the restart still happens."""
+        await asyncio.sleep(eff.delay)
+        if self.shutting_down:
+            return
+        async with self.lock:
+            await self.run(self.core.restart_due(eff.name, eff.token))
 
     # -- block I/O ---------------------------------------------------------------------------
     def block_io(self, io: V.BlockIO) -> list[V.Effect]:
@@ -765,9 +843,10 @@ async def serve(settings: Settings, core: Vmmd, unikernels: list[tuple[Name, Uni
     watcher.cancel()
 
 
-def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd, list]:
+def startup(settings: Settings, zvol_path: tuple[str, ...] | None,
+            restart_policy: V.RestartPolicy | None = None) -> tuple[Vmmd, list]:
     """Steps 2-8 of behaviour.md §2.2 (no sockets yet)."""
-    core = Vmmd.create(zvol_path)
+    core = Vmmd.create(zvol_path, restart_policy)
     for msg in core.init_block_devices(host.scan_block_devices(settings.dbdir)):
         log.error("%s", msg)
     try:
@@ -800,9 +879,25 @@ def startup(settings: Settings, zvol_path: tuple[str, ...] | None) -> tuple[Vmmd
 @click.option("--no-drop-path", is_flag=True,
               help="Do not drop the unikernel path for --name (use --name=path:hello).")
 @click.option("--allow-zvol-for", default=None, metavar="PATH", help="Allow /dev/zvol access for this path.")
+@click.option("--restart-delay", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="S",
+              help="Seconds before the first restart of a failed unikernel; doubles with every failure "
+                   "in a row (0: restart at once, as upstream).")
+@click.option("--restart-max-delay", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="S", help="Longest wait before a restart.")
+@click.option("--restart-reset", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="S",
+              help="A unikernel that ran this long starts the back-off afresh.")
+@click.option("--restart-max", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+              help="Give up (mark failed) after N failures within --restart-window (0: never, as upstream).")
+@click.option("--restart-window", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, metavar="S", help="The window of --restart-max.")
+@click.option("--early-exit", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="S",
+              help="Log a tender that dies within S seconds of its start as a warning, with the tail "
+                   "of its console.")
 @influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir: str | None,
-            no_drop_path: bool, allow_zvol_for: str | None, influx: str | None) -> None:
+            no_drop_path: bool, allow_zvol_for: str | None, restart_delay: float, restart_max_delay: float,
+            restart_reset: float, restart_max: int, restart_window: float, early_exit: float,
+            influx: str | None) -> None:
     """Albatross daemon: creates and supervises unikernels."""
     setup_logging("albatrossd", verbosity, use_syslog)
     logging.addLevelName(logging.WARNING + 5, "APP")
@@ -819,8 +914,10 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
             raise click.BadParameter(e.message, param_hint="--allow-zvol-for") from None
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    settings = Settings(tmpdir, dbdir, not no_drop_path)
-    core, unikernels = startup(settings, zvol)
+    settings = Settings(tmpdir, dbdir, not no_drop_path, early_exit)
+    restart_policy = V.RestartPolicy(restart_delay, max(restart_delay, restart_max_delay), restart_reset,
+                                     restart_max, restart_window)
+    core, unikernels = startup(settings, zvol, restart_policy)
     asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd), influx, "albatross",
                                  lambda: resource_lines(core.resources)))
 

@@ -838,6 +838,7 @@ class Vmmd:
         """A back-off timer fired (under the lock): restart, unless destroyed or replaced meanwhile."""
         p = self.pending.get(name)
         if p is None or p.token != token:
+            log.info("restart of %s cancelled (destroyed or replaced meanwhile)", name.pretty())
             return []
         del self.pending[name]
         log.log(APP, "restarting %s after %g s back-off", name.pretty(), p.delay)
