@@ -714,12 +714,36 @@ def test_early_death_logged_with_console_tail(tmp_path, image):
     alb = Albatross(tmp_path)
     alb.start_stub()
     alb.start("--early-exit", "60")  # the stand-in tender (python) may take a second to start
+    # a destroy (or any requested stop) is no death
+    alb.client("create", "calm", image, "--arg", "forever")
+    alb.client("destroy", "calm")
     alb.client("create", "early", image, "--arg", "print", "--arg", "no-network-configured",
                "--arg", "exit", "--arg", "3")
     line = wait_for(lambda: [ln for ln in alb.read_log().splitlines() if "died" in ln], what="early-death log")[0]
     assert "[WARNING] [unikernel: :early] died" in line and "with exit 3" in line
     assert "no-network-configured" in line and "solo5_exit(3)" in line
+    assert "[unikernel: :calm] died" not in alb.read_log()
     alb.teardown()
+
+
+@needs_netns
+def test_taps_released_during_backoff(tmp_path, netns, net_image):
+    alb = Albatross(tmp_path, netns)
+    alb.env["STAND_IN_TENDER_LOG"] = str(tmp_path / "tenders.jsonl")
+    alb.start_stub()
+    alb.start("--restart-delay", "30", "--restart-max", "0")
+    try:
+        alb.client("create", "web", net_image, "--net", "service:br0", "--restart-on-fail",
+                   "--arg", "exit", "--arg", "2")
+        wait_for(lambda: "restarting in 30 s" in alb.read_log(), timeout=60, what="the back-off")
+        link = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True)
+        assert "br0" in link.stdout and "vmmtap" not in link.stdout and not alb.tenders()
+        assert os.listdir(os.path.join(alb.tmpdir, "fifo")) == []
+        assert [str(n) for n, _ in alb.state().unikernels] == [":web"]
+        assert "destroyed: removed from restarting" in alb.client("destroy", "web").stdout
+        assert len(invocations(tmp_path / "tenders.jsonl")) == 1
+    finally:
+        alb.teardown()
 
 
 def test_lifecycle_logged_at_default_level_with_timestamps(tmp_path, image):

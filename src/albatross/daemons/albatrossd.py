@@ -582,7 +582,9 @@ class Daemon:
         status = await watch
         ran = time.monotonic() - started
         early = None
-        if ran < self.settings.early_exit and name in self.fifo_keepers:
+        vm = self.core.vms.get(name)
+        asked = vm is None or vm.state == "stopping"  # destroy, restart, shutdown: not a death
+        if ran < self.settings.early_exit and not asked and name in self.fifo_keepers:
             # what the tender printed: once albatross-console has read all of it from the
             # fifo (our read end tells how much is left), it is in its history
             early = os.dup(self.fifo_keepers[name])

@@ -636,6 +636,7 @@ class Vmmd:
         vm = self.running(header.name)
         if vm is None:
             return self._stop_create(header, needs_dump=True)
+        self.failures.pop(header.name, None)
         return self._kill_and_wait(vm, header, "destroy")
 
     def destroy_done(self, header: Header, status: ExitStatus) -> list[Effect]:
