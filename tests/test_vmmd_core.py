@@ -691,6 +691,12 @@ def test_failed_restart_create_is_backed_off():
     c.restart_due(N("x"), s.token)
     [s2] = c.restart_failed(N("x"), conf, "interface br9 does not exist", now=1.5)
     assert isinstance(s2, V.ScheduleRestart) and s2.delay == 2.0
+    c.restart_policy = V.RestartPolicy(max_failures=3)
+    c.restart_due(N("x"), s2.token)
+    assert c.restart_failed(N("x"), conf, "interface br9 does not exist", now=5.0) == []
+    assert "(last restart failed: interface br9 does not exist)" in c.failed[N("x")].describe(N("x"))
+    # without restart-on-fail (the exit-64 retry failed): just gone
+    assert c.restart_failed(N("y"), cfg(), "console failed", now=6.0) == [c.dump()]
 
 
 # ------------------------------------------------------------------ truthful commands

@@ -162,10 +162,12 @@ class FailedVm:
     status: ExitStatus
     failures: int
     window: float
+    reason: str | None = None  # the last failure was a failed re-creation, not an exit
 
     def describe(self, name: Name) -> str:
+        last = f"restart failed: {self.reason}" if self.reason else f"with {self.status.describe()}"
         return (f"unikernel {name.to_string()} failed: it exited {self.failures} times within "
-                f"{self.window:g} s (last with {self.status.describe()}), not restarted any more; "
+                f"{self.window:g} s (last {last}), not restarted any more; "
                 f"'restart' tries again, 'destroy' removes it")
 
 
@@ -809,7 +811,7 @@ class Vmmd:
         return [self.dump()]
 
     def _back_off(self, name: Name, config: UnikernelConfig, status: ExitStatus,
-                  now: float, started: float | None) -> list[Effect]:
+                  now: float, started: float | None, reason: str | None = None) -> list[Effect]:
         pol = self.restart_policy
         recent = [t for t in self.failures.get(name, []) if now - t < pol.window]
         if started is not None and now - started >= pol.reset_after:
@@ -818,7 +820,7 @@ class Vmmd:
         n = len(recent)
         if pol.max_failures and n >= pol.max_failures:
             self.failures.pop(name, None)
-            failed = FailedVm(config, status, n, pol.window)
+            failed = FailedVm(config, status, n, pol.window, reason)
             self.failed[name] = failed
             log.error("%s: giving up: %s", name.pretty(), failed.describe(name))
             return []  # stays in the state file: a later albatrossd start tries again
@@ -852,7 +854,7 @@ class Vmmd:
         if not config.fail_behaviour.restart:
             return [self.dump()]
         log.error("restart of %s failed: %s", name.pretty(), message)
-        return self._back_off(name, config, ExitStatus("exit", 2), now, None)
+        return self._back_off(name, config, ExitStatus("exit", 2), now, None, message)
 
     # -- shutdown -----------------------------------------------------------------------
     def shutdown(self) -> tuple[list[Effect], list[int]]:
