@@ -920,6 +920,13 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
     restart_policy = V.RestartPolicy(restart_delay, max(restart_delay, restart_max_delay), restart_reset,
                                      restart_max, restart_window)
     core, unikernels = startup(settings, zvol, restart_policy)
+    if restart_policy.delay <= 0 and not restart_policy.max_failures:
+        log.log(V.APP, "restart on failure: at once, never giving up (as upstream)")
+    else:
+        log.log(V.APP, "restart on failure: after %g s doubling up to %g s (reset after a run of %g s), %s",
+                restart_policy.delay, restart_policy.max_delay, restart_policy.reset_after,
+                f"giving up after {restart_max} failures within {restart_window:g} s" if restart_max
+                else "never giving up")
     asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd), influx, "albatross",
                                  lambda: resource_lines(core.resources)))
 
