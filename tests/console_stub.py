@@ -3,7 +3,8 @@
 Listens on TMPDIR/util/console.sock, answers every ``Console_add`` with
 ``Success Empty`` (echoing the header) after opening the unikernel's fifo
 TMPDIR/fifo/<name>, and drains each fifo into TMPDIR/console/<name>.log so
-tests can look at what a tender printed.
+tests can look at what a tender printed.  A ``Console_subscribe`` with a
+count gets the last lines of that file (no live lines).
 
 Run: python tests/console_stub.py TMPDIR   (prints "ready" once listening)
 Environment: CONSOLE_STUB_FAIL=1 answers every add with a failure.
@@ -18,6 +19,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
+from albatross.core import Ptime  # noqa: E402
 from albatross.daemons.common import Conn  # noqa: E402
 from albatross.wire import messages as m  # noqa: E402
 from albatross.wire.messages import Wire  # noqa: E402
@@ -52,6 +54,18 @@ class Stub:
 
         loop.add_reader(fd, readable)
 
+    async def history(self, conn: Conn, w: Wire) -> None:
+        """A subscription with ``count``: the last lines of the log file, then nothing."""
+        try:
+            with open(os.path.join(self.tmpdir, "console", w.header.name.to_string() + ".log"), "rb") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        await conn.write_wire(Wire(w.header, m.String("subscribed")))
+        for line in lines[-w.payload.count:] if w.payload.count else []:
+            await conn.write_wire(Wire(w.header, m.ConsoleData(Ptime.now(), line)))
+        await conn.read_frame()  # until the subscriber goes away
+
     async def handle(self, reader, writer) -> None:
         conn = Conn(reader, writer)
         try:
@@ -61,6 +75,9 @@ class Stub:
                 except Exception:  # noqa: BLE001 - a stub: drop bad peers
                     return
                 if w is None:
+                    return
+                if isinstance(w.payload, m.ConsoleSubscribe) and w.payload.count is not None:
+                    await self.history(conn, w)
                     return
                 if not isinstance(w.payload, m.ConsoleAdd):
                     return

@@ -117,6 +117,7 @@ class Stream:
             if line is None:
                 return got
             got.append(line)
+            self.seen.append(line)
         raise AssertionError(f"stream did not end within {timeout}s; got {got[-10:]}")
 
     def close(self) -> None:

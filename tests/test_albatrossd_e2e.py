@@ -5,7 +5,9 @@ namespace of our own) real bridges and taps."""
 from __future__ import annotations
 
 import os
+import json
 import random
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ import uuid
 import psutil
 import pytest
 
+from albatross.core import UnikernelConfig
 from albatross.policy.names import Name
 from albatross.wire import decode_wire, encode_wire, frame
 from albatross.wire import messages as m
@@ -79,13 +82,13 @@ class Albatross:
                                      stdout=subprocess.PIPE, env=env)
         assert self.stub.stdout.readline().strip() == b"ready"
 
-    def start(self, *extra: str, wait: bool = True) -> subprocess.Popen:
+    def start(self, *extra: str, wait: bool = True, verbose: bool = True) -> subprocess.Popen:
         if os.path.exists(self.sock):
             os.unlink(self.sock)
         logf = open(self.log, "ab")
         self.daemon = subprocess.Popen(
             self._prefix() + [os.path.join(BIN, "albatrossd"), "--tmpdir", self.tmpdir, "--dbdir", self.dbdir,
-                              "-v", *extra],
+                              *(["-v"] if verbose else []), *extra],
             stdout=logf, stderr=subprocess.STDOUT, env=self.env)
         if wait:
             wait_for(self._connectable, what="albatrossd socket")
@@ -369,7 +372,7 @@ def test_sigterm_shutdown_and_restore(alb, image):
     wait_for(lambda: len(alb.tenders()) == 2, what="both restored")
     assert open(os.path.join(alb.dbdir, "state.started"), "rb").read() == before
     log = alb.read_log()
-    assert log.rindex("created [unikernel: :b]") < log.rindex("created [unikernel: :a]")
+    assert log.rindex("started [unikernel: :b]") < log.rindex("started [unikernel: :a]")
 
 
 def test_unstartable_unikernel_dropped_on_restore(alb, image):
@@ -575,3 +578,201 @@ def test_stats_channel(alb, image):
     s.sendall(frame(encode_wire(Wire(rem.header, m.String("removed")))))
     assert "destroyed unikernel" in destroy.communicate(timeout=10)[0]
     s.close()
+
+
+# ------------------------------------------------------------------ restart back-off (beyond upstream)
+
+def invocations(path) -> list[dict]:
+    """The tender runs recorded by the stand-in (STAND_IN_TENDER_LOG), version queries left out."""
+    try:
+        with open(path) as fh:
+            runs = [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        return []
+    return [r for r in runs if "--version" not in r["argv"]]
+
+
+@pytest.fixture
+def backoff(tmp_path):
+    """Start albatrossd with the given daemon flags, recording tender invocations."""
+    made = []
+
+    def start(*flags: str) -> Albatross:
+        a = Albatross(tmp_path)
+        a.env["STAND_IN_TENDER_LOG"] = str(tmp_path / "tenders.jsonl")
+        a.invocations = lambda: invocations(tmp_path / "tenders.jsonl")
+        made.append(a)
+        a.start_stub()
+        a.start(*flags)
+        return a
+    yield start
+    for a in made:
+        a.teardown()
+
+
+def test_crash_loop_backs_off_and_gives_up(backoff, image):
+    alb = backoff("--restart-delay", "0.05", "--restart-max-delay", "0.2", "--restart-max", "4")
+    alb.client("create", "crash", image, "--restart-on-fail", "--arg", "exit", "--arg", "2")
+    # (each run of the stand-in tender, a python program, may take seconds on a loaded machine)
+    wait_for(lambda: "giving up" in alb.read_log(), timeout=120, what="give-up")
+    log = alb.read_log()
+    # failures 1-3 were restarted after 0.05, 0.1, 0.2 s; the 4th gave up
+    assert [ln.split("restarting in ")[1] for ln in log.splitlines() if "restarting in" in ln] == \
+        ["0.05 s", "0.1 s", "0.2 s"]
+    assert "(failure 1 of 4 within 600 s)" in log
+    assert len(alb.invocations()) == 4
+    assert not alb.tenders() and os.listdir(os.path.join(alb.tmpdir, "fifo")) == []
+    # marked failed: not listed as running, by name the reason, still deployed
+    out = alb.client("info", "-n", "crash", check=117).stdout
+    assert "failed: it exited 4 times within 600 s (last with exit 2)" in out
+    assert "crash" not in alb.client("info").stdout
+    assert [str(n) for n, _ in alb.state().unikernels] == [":crash"]
+    [w] = alb.request(":", m.UnikernelInfoCmd())
+    assert w.payload.unikernels == ()
+    # restart tries again (and it fails again: a fresh back-off), destroy removes it
+    assert "created unikernel" in alb.client("restart", "crash").stdout
+    wait_for(lambda: len(alb.invocations()) >= 5, timeout=60, what="the retry")
+    wait_for(lambda: "destroyed" in alb.client("destroy", "crash", check=None).stdout, what="destroy")
+    assert alb.state().unikernels == ()
+    wait_for(lambda: "destroy: not found" in alb.client("destroy", "crash", check=None).stdout
+             and not alb.tenders(), what="nothing left of crash")
+
+
+def test_destroy_during_backoff_cancels_restart(backoff, image):
+    alb = backoff("--restart-delay", "3", "--restart-max", "0")
+    alb.client("create", "crash", image, "--restart-on-fail", "--arg", "exit", "--arg", "2")
+    wait_for(lambda: "restarting in 3 s" in alb.read_log(), timeout=60, what="the back-off")
+    out = alb.client("destroy", "crash").stdout
+    assert "destroyed: removed from restarting" in out
+    assert alb.state().unikernels == ()
+    wait_for(lambda: "restart of [unikernel: :crash] cancelled" in alb.read_log(), timeout=20,
+             what="the void timer")
+    assert len(alb.invocations()) == 1 and not alb.tenders()
+
+
+def test_upstream_immediate_restart_reachable(backoff, image):
+    alb = backoff("--restart-delay", "0", "--restart-max", "0")
+    alb.client("create", "crash", image, "--restart-on-fail", "--arg", "exit", "--arg", "2")
+    wait_for(lambda: len(alb.invocations()) >= 4, timeout=120, what="immediate restarts")
+    alb.client("destroy", "crash", check=None)
+    wait_for(lambda: "crash" not in alb.client("info").stdout and not alb.tenders(), what="destroyed")
+    log = alb.read_log()
+    assert "restarting in" not in log and "giving up" not in log
+    assert "restarting [unikernel: :crash] (exited with exit 2)" in log
+
+
+# ------------------------------------------------------------------ truthful commands
+
+def test_daemon_refuses_invalid_values(alb, image):
+    """Raw wire messages, bypassing the client's checks: the daemon is authoritative."""
+    img = open(image, "rb").read()
+    cases = [
+        ("x", m.UnikernelCreate(UnikernelConfig(image=img, memory=0)), "memory must be at least 1 MB"),
+        ("x", m.UnikernelCreate(UnikernelConfig(image=img, memory=-5)), "memory must be at least 1 MB"),
+        # where no policy applies, too
+        ("a:b:x", m.UnikernelCreate(UnikernelConfig(image=img, memory=(1 << 62) - 1)), "is absurd"),
+        ("a:b:x", m.UnikernelCreate(UnikernelConfig(image=img, memory=1 << 23)), "exceeds the host's memory"),
+        ("x", m.UnikernelCreate(UnikernelConfig(image=img, cpuids=frozenset({-1}))), "invalid CPUid"),
+        ("a:b:x", m.UnikernelCreate(UnikernelConfig(image=img, cpuids=frozenset({4000}))),
+         "do not exist on this host"),
+        ("a:", m.UnikernelCreate(UnikernelConfig(image=img)), "a: is a path, not a unikernel name"),
+        ("data", m.BlockAdd(0), "block device size must be at least 1 MB"),
+        ("a:", m.BlockAdd(10), "is a path, not a block device name"),
+        ("", m.PolicyRemove(), "refusing to remove the root policy"),
+    ]
+    for name, cmd, message in cases:
+        [w] = alb.request(name or ":", cmd)
+        assert isinstance(w.payload, m.Failure) and message in w.payload.message, (name, cmd, w)
+    assert not alb.tenders() and "unikernel: :" not in alb.client("info").stdout.replace("[unikernel: :]", "")
+    assert "data" not in alb.client("block").stdout
+    assert not os.path.exists(os.path.join(alb.dbdir, "block", ":data"))
+    [w] = alb.request(":", m.PolicyInfoCmd())
+    assert [str(n) for n, _ in w.payload.policies] == [":"]
+
+
+def test_client_refuses_invalid_values(alb, image):
+    cases = [
+        (["create", "x", image, "--mem", "0"], "memory must be at least 1 MB"),
+        (["create", "x", image, "--mem", "-5"], "memory must be at least 1 MB"),
+        (["create", "x", image, "--mem", str(1 << 62)], "is absurd"),
+        (["create", "x", image, "--cpu", "-1"], "invalid CPUid"),
+        (["create", "a:", image], "a: is a path, not a unikernel name"),
+        (["create-block", "data", "0"], "block device size must be at least 1 MB"),
+        (["remove-policy"], "refusing to remove the root policy"),
+        (["add-policy", "a", "1", "--mem", "-1"], "negative memory"),
+    ]
+    for args, message in cases:
+        p = alb.client(*args, check=124)
+        assert message in p.stdout + p.stderr, (args, p)
+    # nothing reached the daemon (it logs every refused command)
+    log = alb.read_log()
+    assert not any(message in log for _, message in cases), log
+    assert "no unikernels" in alb.client("info").stdout and "data" not in alb.client("block").stdout
+
+
+def test_early_death_logged_with_console_tail(tmp_path, image):
+    alb = Albatross(tmp_path)
+    alb.start_stub()
+    alb.start("--early-exit", "60")  # the stand-in tender (python) may take a second to start
+    # a destroy (or any requested stop) is no death
+    alb.client("create", "calm", image, "--arg", "forever")
+    alb.client("destroy", "calm")
+    alb.client("create", "early", image, "--arg", "print", "--arg", "no-network-configured",
+               "--arg", "exit", "--arg", "3")
+    line = wait_for(lambda: [ln for ln in alb.read_log().splitlines() if "died" in ln], what="early-death log")[0]
+    assert "[WARNING] [unikernel: :early] died" in line and "with exit 3" in line
+    assert "no-network-configured" in line and "solo5_exit(3)" in line
+    assert "[unikernel: :calm] died" not in alb.read_log()
+    alb.teardown()
+
+
+@needs_netns
+def test_taps_released_during_backoff(tmp_path, netns, net_image):
+    alb = Albatross(tmp_path, netns)
+    alb.env["STAND_IN_TENDER_LOG"] = str(tmp_path / "tenders.jsonl")
+    alb.start_stub()
+    alb.start("--restart-delay", "30", "--restart-max", "0")
+    try:
+        alb.client("create", "web", net_image, "--net", "service:br0", "--restart-on-fail",
+                   "--arg", "exit", "--arg", "2")
+        wait_for(lambda: "restarting in 30 s" in alb.read_log(), timeout=60, what="the back-off")
+        link = subprocess.run(["ip", "-n", netns, "-o", "link", "show"], capture_output=True, text=True, check=True)
+        assert "br0" in link.stdout and "vmmtap" not in link.stdout and not alb.tenders()
+        assert os.listdir(os.path.join(alb.tmpdir, "fifo")) == []
+        assert [str(n) for n, _ in alb.state().unikernels] == [":web"]
+        assert "destroyed: removed from restarting" in alb.client("destroy", "web").stdout
+        assert len(invocations(tmp_path / "tenders.jsonl")) == 1
+    finally:
+        alb.teardown()
+
+
+def test_lifecycle_logged_at_default_level_with_timestamps(tmp_path, image):
+    alb = Albatross(tmp_path)
+    alb.start_stub()
+    alb.start(verbose=False)
+    try:
+        alb.client("create", "life", image, "--arg", "sleep", "--arg", "0.1")
+        wait_for(lambda: "exited with" in alb.read_log(), what="the exit")
+        log = alb.read_log()
+        ts = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z albatrossd: "
+        assert re.search(ts + r"\[APP\] started \[unikernel: :life\]: pid \d+, taps none, cpus 0, 32 MB", log), log
+        assert re.search(ts + r"\[APP\] \[unikernel: :life\] \(pid \d+\) exited with exit 0", log), log
+        assert "[INFO]" not in log
+    finally:
+        alb.teardown()
+
+
+def test_no_timestamps_under_journald(tmp_path, image):
+    alb = Albatross(tmp_path)
+    alb.start_stub()
+    open(alb.log, "wb").close()
+    st = os.stat(alb.log)
+    alb.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+    alb.start(verbose=False)
+    try:
+        alb.client("create", "life", image, "--arg", "forever")
+        wait_for(lambda: "started [unikernel: :life]" in alb.read_log(), what="the start")
+        started = [ln for ln in alb.read_log().splitlines() if "started [unikernel" in ln]
+        assert started[0].startswith("albatrossd: [APP] started"), started
+    finally:
+        alb.teardown()

@@ -191,8 +191,11 @@ def test_create_policy_checks():
     # no policy at the exact path: the ancestor's policy governs its whole subtree
     # (hierarchical quota; upstream checks only the exact path and accepts this)
     with pytest.raises(PolicyError, match=r"maximum amount of unikernels \(1\) reached"):
-        c.check_create(N("a:b:y"), cfg(memory=10000))
-    spawn(c, "b:y", cfg(memory=10000))  # no policy on the way up: unchecked
+        c.check_create(N("a:b:y"), cfg(memory=100))
+    # no policy on the way up: unchecked against policies, but never beyond the host
+    with pytest.raises(PolicyError, match=r"memory of 10000 MB exceeds the host's memory \(4096 MB\)"):
+        c.check_create(N("b:y"), cfg(memory=10000))
+    spawn(c, "b:y", cfg(memory=100))
 
 
 def test_create_block_checks_and_activity():
@@ -314,6 +317,7 @@ def test_exit_during_shutdown_does_not_dump():
 @pytest.mark.parametrize("code,restarts", [(0, True), (2, True), (1, False), (64, False), (63, False)])
 def test_restart_on_failure(code, restarts):
     c = core()
+    c.restart_policy = V.RestartPolicy.immediate()  # upstream
     conf = cfg(fail_behaviour=FailBehaviour(True), add_name=False)
     spawn(c, "x", conf)
     [d] = only(c.on_exit(N("x"), ExitStatus("exit", code)), V.RestartDecision)
@@ -635,3 +639,214 @@ def test_dump_failed_destroy_of_waiter():
     [dump] = only(effects, V.DumpState)
     [tomb] = c.dump_failed(dump, "e")
     assert tomb.text == "destroyed: removed waiter" and tomb.name == n
+# ------------------------------------------------------------------ restart back-off (beyond upstream)
+
+BACKOFF = V.RestartPolicy(delay=1.0, max_delay=8.0, reset_after=60.0, max_failures=6, window=600.0)
+
+
+def crash(c: Vmmd, name: str, conf: UnikernelConfig, now: float, ran: float, code: int = 2):
+    """Spawn ``name`` at ``now - ran``, let it exit with ``code`` at ``now``: the decision's effects."""
+    n = N(name)
+    c.check_create(n, conf)
+    PID[0] += 1
+    c.created(n, conf, Spawned(PID[0], (), b"\x01" * 32, Ptime(100), clock=now - ran), False)
+    [d] = only(c.on_exit(n, ExitStatus("exit", code)), V.RestartDecision)
+    assert d.started == now - ran
+    return c.decide_restart(d.name, d.config, d.status, now=now, started=d.started)
+
+
+def restart_conf() -> UnikernelConfig:
+    return cfg(fail_behaviour=FailBehaviour(True), add_name=False)
+
+
+def test_backoff_doubles_up_to_the_maximum():
+    c = core()
+    c.restart_policy = V.RestartPolicy(delay=1.0, max_delay=8.0, max_failures=0)
+    conf, now, delays = restart_conf(), 1000.0, []
+    for _ in range(6):
+        [sched] = crash(c, "x", conf, now, ran=0.1)
+        assert isinstance(sched, V.ScheduleRestart)
+        delays.append(sched.delay)
+        assert c.restart_due(N("x"), sched.token) == [V.PrepareAndSpawn(N("x"), conf, False, None)]
+        now += sched.delay + 0.1
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+
+
+def test_backoff_reset_after_a_long_run():
+    c = core()
+    c.restart_policy = BACKOFF
+    conf = restart_conf()
+    [s1] = crash(c, "x", conf, 1000.0, ran=0.1)
+    c.restart_due(N("x"), s1.token)
+    [s2] = crash(c, "x", conf, 1002.0, ran=0.5)
+    assert (s1.delay, s2.delay) == (1.0, 2.0)
+    c.restart_due(N("x"), s2.token)
+    # ran for 60 s: the failures before are forgotten
+    [s3] = crash(c, "x", conf, 1070.0, ran=60.0)
+    assert s3.delay == 1.0
+
+
+def test_backoff_window_forgets_old_failures():
+    c = core()
+    c.restart_policy = V.RestartPolicy(delay=1.0, max_delay=1.0, reset_after=1e9, max_failures=3, window=100.0)
+    conf = restart_conf()
+    for now in (0.0, 10.0, 150.0, 160.0):  # never 3 within 100 s
+        [s] = crash(c, "x", conf, now, ran=1.0)
+        assert isinstance(s, V.ScheduleRestart)
+        c.restart_due(N("x"), s.token)
+    assert crash(c, "x", conf, 170.0, ran=1.0) == []  # 150, 160, 170: given up
+    assert N("x") in c.failed
+
+
+def test_give_up_marks_failed_keeps_state_and_frees_resources():
+    c = core()
+    c.restart_policy = BACKOFF
+    conf, now = restart_conf(), 0.0
+    for i in range(5):
+        [s] = crash(c, "x", conf, now, ran=0.1)
+        assert s.delay == min(8.0, 2.0 ** i)
+        assert N("x") in c.pending and c.info(N("x:")) == ()
+        c.restart_due(N("x"), s.token)
+        now += 20
+    assert crash(c, "x", conf, now, ran=0.1) == []
+    f = c.failed[N("x")]
+    assert (f.failures, f.status) == (6, ExitStatus("exit", 2))
+    assert N("x") not in c.pending and c.resources.find_unikernel(N("x")) is None
+    # still deployed (the state keeps it), but not listed as running; by name: the reason
+    assert [n for n, _ in c.state().unikernels] == [N("x")]
+    assert c.info(ROOT) == ()
+    [fail] = replies(cmd(c, "x", m.UnikernelInfoCmd()))
+    assert isinstance(fail, m.Failure) and "failed: it exited 6 times within 600 s (last with exit 2)" in fail.message
+    # a plain create is refused, destroy removes it
+    [fail] = replies(cmd(c, "x", m.UnikernelCreate(conf)))
+    assert "marked failed" in fail.message
+    effects = cmd(c, "x", m.UnikernelDestroy())
+    assert replies(effects) == [m.String("destroyed: removed failed unikernel")]
+    assert only(effects, V.DumpState)[0].state.unikernels == ()
+
+
+def test_restart_command_retries_a_failed_unikernel():
+    c = core()
+    c.restart_policy = V.RestartPolicy(delay=1.0, max_failures=1)
+    conf = restart_conf()
+    assert crash(c, "x", conf, 5.0, ran=0.1) == []
+    effects = cmd(c, "x", m.UnikernelRestart(None))
+    assert effects == [V.PrepareAndSpawn(N("x"), conf, True, Header(N("x")))]
+    assert not c.failed
+
+
+def test_destroy_during_backoff_cancels_the_restart():
+    c = core()
+    c.restart_policy = BACKOFF
+    conf = restart_conf()
+    [s] = crash(c, "x", conf, 0.0, ran=0.1)
+    assert [n for n, _ in c.state().unikernels] == [N("x")]  # a dump meanwhile keeps it
+    effects = cmd(c, "x", m.UnikernelDestroy())
+    assert replies(effects) == [m.String("destroyed: removed from restarting")]
+    assert only(effects, V.DumpState)[0].state.unikernels == ()
+    assert c.restart_due(N("x"), s.token) == []
+    # a new crash loop of the same name starts from scratch; the old timer stays void
+    [s2] = crash(c, "x", conf, 1.0, ran=0.1)
+    assert s2.delay == 1.0 and s2.token != s.token
+    assert c.restart_due(N("x"), s.token) == []
+    assert c.restart_due(N("x"), s2.token) == [V.PrepareAndSpawn(N("x"), conf, False, None)]
+
+
+def test_force_create_replaces_a_pending_restart():
+    c = core()
+    c.restart_policy = BACKOFF
+    conf = restart_conf()
+    [s] = crash(c, "x", conf, 0.0, ran=0.1)
+    [fail] = replies(cmd(c, "x", m.UnikernelCreate(conf)))
+    assert "waiting to be restarted" in fail.message
+    other = cfg(memory=64)
+    assert cmd(c, "x", m.UnikernelCreate(other, force=True)) == [
+        V.PrepareAndSpawn(N("x"), other, True, Header(N("x")))]
+    assert c.restart_due(N("x"), s.token) == []
+
+
+def test_immediate_policy_is_upstream():
+    c = core()
+    c.restart_policy = V.RestartPolicy.immediate()
+    conf = restart_conf()
+    for i in range(50):
+        assert crash(c, "x", conf, float(i), ran=0.0) == [V.PrepareAndSpawn(N("x"), conf, False, None)]
+
+
+def test_failed_restart_create_is_backed_off():
+    c = core()
+    c.restart_policy = BACKOFF
+    conf = restart_conf()
+    [s] = crash(c, "x", conf, 0.0, ran=0.1)
+    c.restart_due(N("x"), s.token)
+    [s2] = c.restart_failed(N("x"), conf, "interface br9 does not exist", now=1.5)
+    assert isinstance(s2, V.ScheduleRestart) and s2.delay == 2.0
+    c.restart_policy = V.RestartPolicy(max_failures=3)
+    c.restart_due(N("x"), s2.token)
+    assert c.restart_failed(N("x"), conf, "interface br9 does not exist", now=5.0) == []
+    assert "(last restart failed: interface br9 does not exist)" in c.failed[N("x")].describe(N("x"))
+    # without restart-on-fail (the exit-64 retry failed): just gone
+    assert c.restart_failed(N("y"), cfg(), "console failed", now=6.0) == [c.dump()]
+
+
+# ------------------------------------------------------------------ truthful commands
+
+@pytest.mark.parametrize("config,message", [
+    (cfg(memory=0), "memory must be at least 1 MB"),
+    (cfg(memory=-5), "memory must be at least 1 MB"),
+    (cfg(memory=1 << 62), "is absurd"),
+    (cfg(memory=8192), "exceeds the host's memory"),
+    (cfg(cpuids=frozenset({-1})), "invalid CPUid"),
+    (cfg(cpuids=frozenset({7})), "CPUid(s) 7 do not exist on this host"),
+    (cfg(cpuids=frozenset()), "CPUids may not be empty"),
+    (cfg(block_devices=(BlockDevice("storage", "a:b"),)), "is not a name"),
+    (cfg(argv=("a\0b",)), "NUL byte"),
+])
+def test_create_refuses_invalid_values(config, message):
+    c = core()
+    for name in ("x", "a:b:x"):  # with the root policy, and where no policy applies
+        [fail] = replies(cmd(c, name, m.UnikernelCreate(config)))
+        assert isinstance(fail, m.Failure) and message in fail.message, fail
+        [fail] = replies(cmd(c, name, m.UnikernelCreate(config, force=True)))
+        assert message in fail.message
+    assert not c.vms.items()
+
+
+def test_create_of_a_path_refused():
+    c = core()
+    [fail] = replies(cmd(c, "a:", m.UnikernelCreate(cfg())))
+    assert fail.message == "a: is a path, not a unikernel name (drop the trailing ':')"
+    [fail] = replies(cmd(c, "a:", m.BlockAdd(10)))
+    assert "is a path, not a block device name" in fail.message
+
+
+def test_restart_with_invalid_arguments_refused():
+    c = core()
+    spawn(c, "x", cfg())
+    args = UnikernelArguments(cpuids=frozenset({0}), memory=0)
+    [fail] = replies(cmd(c, "x", m.UnikernelRestart(args)))
+    assert "memory must be at least 1 MB" in fail.message
+    assert c.running(N("x")).state == "running"
+
+
+@pytest.mark.parametrize("size", [0, -1, 1 << 40])
+def test_block_add_refuses_bad_sizes(size):
+    c = core()
+    effects = cmd(c, "data", m.BlockAdd(size))
+    [fail] = replies(effects)
+    assert "block device size" in fail.message and not only(effects, V.BlockIO)
+
+
+def test_remove_root_policy_refused():
+    c = core()
+    effects = c.handle_command(Header(ROOT), m.PolicyRemove())
+    [fail] = replies(effects)
+    assert "refusing to remove the root policy" in fail.message
+    assert c.resources.find_policy(()) == ROOT_POLICY and not only(effects, V.DumpState)
+
+
+def test_policy_with_negative_values_refused():
+    c = core()
+    [fail] = replies(cmd(c, "a:", m.PolicyAdd(Policy(1, frozenset({0}), -5, None, frozenset()))))
+    assert "negative memory" in fail.message
+    assert c.resources.find_policy(("a",)) is None

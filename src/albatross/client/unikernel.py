@@ -13,8 +13,9 @@ from collections.abc import Iterable, Iterator
 import click
 
 from ..core import BlockDevice, FailBehaviour, NetDevice, Policy, UnikernelArguments, UnikernelConfig
-from ..errors import AlbatrossError
+from ..errors import AlbatrossError, PolicyError
 from ..policy.names import Name, mac_of_string, path_of_string
+from ..policy import validate
 from ..policy.policies import usable
 from ..solo5 import elf
 from ..wire import jsonform
@@ -128,6 +129,14 @@ def fail_behaviour(restart_on_fail: bool, exit_codes: tuple[int, ...]) -> FailBe
     return FailBehaviour(True, frozenset(exit_codes) if exit_codes else None)
 
 
+def checked(check, *args) -> None:
+    """Run a :mod:`~albatross.policy.validate` check; its failure is a command-line error."""
+    try:
+        check(*args)
+    except PolicyError as e:
+        raise CliError(e.message) from None
+
+
 def check_manifest(image: bytes, nets, blocks) -> None:
     probe = UnikernelConfig(block_devices=blocks, bridges=nets)
     try:
@@ -202,6 +211,7 @@ def register(cli: click.Group) -> None:  # noqa: C901 - a flat list of subcomman
     def create(name, image, force, typ, startup, no_add_name, cpus, memory, argv, blocks, nets,
                restart_on_fail, exit_codes, numcpus, linux_boot, level, target):
         """Create a unikernel from IMAGE."""
+        checked(validate.unikernel_name, name)
         check_sets(nets, blocks)
         level = target.compression(level)
         if typ == "solo5":
@@ -220,6 +230,7 @@ def register(cli: click.Group) -> None:  # noqa: C901 - a flat list of subcomman
             add_name=not no_add_name, cpuids=frozenset(cpus), memory=memory, block_devices=blocks,
             bridges=nets, argv=tuple(argv) if argv else None, numcpus=numcpus,
             linux_boot_partition=linux_boot)
+        checked(validate.config, config)
         send(target, name, m.UnikernelCreate(config, force=force))
 
     @cli.command("restart")
@@ -230,11 +241,15 @@ def register(cli: click.Group) -> None:  # noqa: C901 - a flat list of subcomman
     def restart(name, replace, startup, no_add_name, cpus, memory, argv, blocks, nets, restart_on_fail,
                 exit_codes, numcpus, linux_boot, target):
         """Restart a unikernel (optionally with new arguments)."""
+        checked(validate.unikernel_name, name)
         args = None
         if replace:
             check_sets(nets, blocks)
             if not cpus:
                 raise CliError("CPUids cannot be empty")
+            checked(validate.config, UnikernelConfig(cpuids=frozenset(cpus), memory=memory, block_devices=blocks,
+                                                     bridges=nets, argv=tuple(argv) if argv else None,
+                                                     numcpus=numcpus))
             args = UnikernelArguments(
                 fail_behaviour=fail_behaviour(restart_on_fail, exit_codes), startup=startup,
                 add_name=not no_add_name, cpuids=frozenset(cpus), memory=memory, block_devices=blocks,
@@ -272,6 +287,7 @@ def register(cli: click.Group) -> None:  # noqa: C901 - a flat list of subcomman
         if len(set(cpus)) != len(cpus):
             warn("CPUids is not a set")
         policy = Policy(unikernels, frozenset(cpus), memory, block, frozenset(bridges))
+        checked(validate.policy, policy)
         try:
             usable(policy)
         except AlbatrossError as e:
@@ -300,6 +316,7 @@ def register(cli: click.Group) -> None:  # noqa: C901 - a flat list of subcomman
     @target_options
     def remove_policy(path, target):
         """Remove a policy."""
+        checked(validate.removable_policy, path.path)
         send(target, path, m.PolicyRemove())
 
     @cli.command("policy")
@@ -324,6 +341,8 @@ def register(cli: click.Group) -> None:  # noqa: C901 - a flat list of subcomman
     @target_options
     def create_block(name, size, data, level, target):
         """Create a block device of SIZE MB."""
+        checked(validate.unikernel_name, name, "block device")
+        checked(validate.block_size, size)
         if data is not None and size * 1024 * 1024 < os.path.getsize(data):
             raise CliError("data exceeds size")
         code = run_command(target, name, m.BlockAdd(size))

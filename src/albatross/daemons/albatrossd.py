@@ -13,6 +13,7 @@ outside of it.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import fcntl
 import hashlib
@@ -22,6 +23,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import termios
 import time
 import zlib
 from dataclasses import dataclass
@@ -62,6 +64,8 @@ STATS_BACKLOG = 10_000
 #: payloads whose evaluation may inflate or deflate up to an image or a block:
 #: evaluated in a thread so that the event loop keeps serving
 HEAVY = (m.UnikernelGet, m.UnikernelRestart, m.UnikernelCreate, m.OldBlockAdd, m.OldBlockSet)
+#: console lines logged for a tender dying within Settings.early_exit seconds
+EARLY_EXIT_LINES = 10
 
 
 class CreateError(AlbatrossError):
@@ -74,6 +78,7 @@ class Settings:
     dbdir: str
     drop_path: bool = True
     max_image_size: int = Z.DEFAULT_MAX_IMAGE
+    early_exit: float = 1.0  # a tender dying this soon is logged with its console's tail
 
     def image_path(self, name: Name) -> str:
         return os.path.join(self.tmpdir, name.image_file())
@@ -329,6 +334,16 @@ def spawn_tender(argv: list[str], fifo: str) -> int:
         os.close(fd)
 
 
+def fifo_pending(fd: int) -> int:
+    """Bytes waiting in the pipe/fifo ``fd``."""
+    buf = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return buf[0]
+
+
 def status_of_wait(status: int) -> ExitStatus:
     if os.WIFEXITED(status):
         return ExitStatus("exit", os.WEXITSTATUS(status))
@@ -556,6 +571,9 @@ class Daemon:
                 reply = await self.create(eff)
                 if conn is not None and eff.reply is not None:
                     await self.write(conn, Wire(eff.reply, reply))
+                if eff.reply is None and isinstance(reply, m.Failure):  # a restart failed
+                    await self.run(self.core.restart_failed(eff.name, eff.config, reply.message,
+                                                            time.monotonic()))
             elif isinstance(eff, V.Kill):
                 self.kill(eff.name, eff.pid)
             elif isinstance(eff, V.AwaitExit):
@@ -571,6 +589,8 @@ class Daemon:
                     fut.set_result(eff.status)
             elif isinstance(eff, V.RestartDecision):
                 self.spawn_task(self.restart_handler(eff))
+            elif isinstance(eff, V.ScheduleRestart):
+                self.spawn_task(self.delayed_restart(eff))
             elif isinstance(eff, V.AdoptStats):
                 if self.stats is not None:
                     self.stats.close()
@@ -719,7 +739,8 @@ class Daemon:
                 name, prepared, f"could not create unikernel: writing the tender record failed: {e.strerror or e}")
         self.crash("create: pid recorded")
         macs = tender_mod.macs_in_use(name, config)
-        proc = Spawned(pid, tuple(zip(prepared.taps, macs)), prepared.digest, Ptime.now())
+        started = time.monotonic()
+        proc = Spawned(pid, tuple(zip(prepared.taps, macs)), prepared.digest, Ptime.now(), started)
         try:
             effects = self.core.created(name, config, proc, eff.needs_dump, eff.reply)
         except AlbatrossError as e:
@@ -727,7 +748,8 @@ class Daemon:
             self.kill(name, pid)
             await watch
             return await self._create_failed(name, prepared)
-        log.info("created %s: pid %d", name.pretty(), pid)
+        log.log(V.APP, "started %s: pid %d, taps %s, cpus %s, %d MB", name.pretty(), pid,
+                ",".join(prepared.taps) or "none", ",".join(map(str, sorted(config.cpuids))), config.memory)
         later = await self.run(effects)
         rollback = next((e for e in later if isinstance(e, V.RollBack)), None)
         if rollback is not None:
@@ -736,7 +758,7 @@ class Daemon:
             await self.run(self.core.rolled_back(name))
             log.error("create of %s rolled back: %s", name.pretty(), rollback.message)
             return m.Failure(rollback.message)
-        self.spawn_task(self.exit_watcher(name, watch))
+        self.spawn_task(self.exit_watcher(name, watch, started))
         return m.String("created unikernel")
 
     async def _stop_spawned(self, name: Name, pid: int, watch: asyncio.Future, signalled: bool = False,
@@ -807,14 +829,71 @@ class Daemon:
         loop.add_reader(pidfd, ready)
         return fut
 
-    async def exit_watcher(self, name: Name, watch: asyncio.Future) -> None:
+    async def exit_watcher(self, name: Name, watch: asyncio.Future, started: float) -> None:
         status = await watch
+        ran = time.monotonic() - started
+        early = None
+        vm = self.core.vms.get(name)
+        asked = vm is None or vm.state == "stopping"  # destroy, restart, shutdown: not a death
+        if ran < self.settings.early_exit and not asked and name in self.fifo_keepers:
+            # what the tender printed: once albatross-console has read all of it from the
+            # fifo (our read end tells how much is left), it is in its history
+            early = os.dup(self.fifo_keepers[name])
         async with self.lock:
             await self.run(self.core.on_exit(name, status))
+        if early is not None:
+            self.spawn_task(self.report_early_exit(name, status, ran, early))
+
+    async def report_early_exit(self, name: Name, status: ExitStatus, ran: float, fd: int) -> None:
+        """Log a tender that died within its first second, with the tail of its console."""
+        try:
+            deadline = time.monotonic() + 2.0
+            while fifo_pending(fd) > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            os.close(fd)
+        tail = await self.console_tail(name, EARLY_EXIT_LINES)
+        log.warning("%s died %.2f s after its start with %s; console: %s", name.pretty(), ran,
+                    status.describe(), tail)
+
+    async def console_tail(self, name: Name, count: int) -> str:
+        """The last ``count`` console lines of ``name`` as albatross-console has them."""
+        path = socket_path(self.settings.tmpdir, "console")
+        lines: list[str] = []
+        try:
+            conn = await asyncio.wait_for(open_unix(path), 2.0)
+        except (OSError, asyncio.TimeoutError) as e:
+            return f"(unavailable: {e or 'timeout'})"
+        try:
+            await conn.write_wire(Wire(Header(name), m.ConsoleSubscribe(count=count)))
+            reply = await asyncio.wait_for(conn.read_wire(), 2.0)
+            if reply is None or not isinstance(reply.payload, m.String):
+                return f"(unavailable: {reply.payload if reply is not None else 'no reply'})"
+            while len(lines) < count:  # the history comes at once; then only live lines would follow
+                w = await asyncio.wait_for(conn.read_wire(), 0.2)
+                if w is None or not isinstance(w.payload, m.ConsoleData):
+                    break
+                lines.append(w.payload.line.decode("utf-8", "replace"))
+        except asyncio.TimeoutError:
+            pass
+        except (OSError, AlbatrossError) as e:
+            lines.append(f"(console: {e})")
+        finally:
+            conn.close()
+        return " | ".join(lines) if lines else "(empty)"
 
     async def restart_handler(self, eff: V.RestartDecision) -> None:
         async with self.lock:
-            await self.run(self.core.decide_restart(eff.name, eff.config, eff.status))
+            await self.run(self.core.decide_restart(eff.name, eff.config, eff.status,
+                                                    now=time.monotonic(), started=eff.started))
+
+    async def delayed_restart(self, eff: V.ScheduleRestart) -> None:
+        """The back-off wait; the core decides whether the restart still happens."""
+        await asyncio.sleep(eff.delay)
+        if self.shutting_down:
+            return
+        async with self.lock:
+            await self.run(self.core.restart_due(eff.name, eff.token))
 
     # -- block I/O ---------------------------------------------------------------------------
     def block_io(self, io: V.BlockIO) -> list[V.Effect]:
@@ -1084,10 +1163,11 @@ def reclaim(settings: Settings, lock: R.DaemonLock | None) -> list[str]:
 
 
 def startup(settings: Settings, zvol_path: tuple[str, ...] | None,
-            lock: R.DaemonLock | None = None) -> tuple[Vmmd, list, Persisted]:
+            lock: R.DaemonLock | None = None,
+            restart_policy: V.RestartPolicy | None = None) -> tuple[Vmmd, list, Persisted]:
     """Steps 2-8 of behaviour.md §2.2 (no sockets yet), after reclaiming leftovers (the lock is held)."""
     tmpdirs = reclaim(settings, lock)
-    core = Vmmd.create(zvol_path)
+    core = Vmmd.create(zvol_path, restart_policy)
     for msg in core.init_block_devices(host.scan_block_devices(settings.dbdir)):
         log.error("%s", msg)
     try:
@@ -1141,9 +1221,25 @@ def startup(settings: Settings, zvol_path: tuple[str, ...] | None,
               show_default=True, metavar="MB",
               help="Largest unikernel image accepted, uncompressed, in MB (compressed images are "
                    "inflated at most to this size).")
+@click.option("--restart-delay", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="S",
+              help="Seconds before the first restart of a failed unikernel; doubles with every failure "
+                   "in a row (0: restart at once, as upstream).")
+@click.option("--restart-max-delay", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="S", help="Longest wait before a restart.")
+@click.option("--restart-reset", type=click.FloatRange(min=0), default=60.0, show_default=True, metavar="S",
+              help="A unikernel that ran this long starts the back-off afresh.")
+@click.option("--restart-max", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+              help="Give up (mark failed) after N failures within --restart-window (0: never, as upstream).")
+@click.option("--restart-window", type=click.FloatRange(min=0, min_open=True), default=600.0,
+              show_default=True, metavar="S", help="The window of --restart-max.")
+@click.option("--early-exit", type=click.FloatRange(min=0), default=1.0, show_default=True, metavar="S",
+              help="Log a tender that dies within S seconds of its start as a warning, with the tail "
+                   "of its console.")
 @influx_option
 def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir: str | None,
-            no_drop_path: bool, allow_zvol_for: str | None, max_image_size: int, influx: str | None) -> None:
+            no_drop_path: bool, allow_zvol_for: str | None, max_image_size: int, restart_delay: float, restart_max_delay: float,
+            restart_reset: float, restart_max: int, restart_window: float, early_exit: float,
+            influx: str | None) -> None:
     """Albatross daemon: creates and supervises unikernels."""
     setup_logging("albatrossd", verbosity, use_syslog)
     logging.addLevelName(logging.WARNING + 5, "APP")
@@ -1160,7 +1256,9 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
             raise click.BadParameter(e.message, param_hint="--allow-zvol-for") from None
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    settings = Settings(tmpdir, dbdir, not no_drop_path, max_image_size * 1024 * 1024)
+    settings = Settings(tmpdir, dbdir, not no_drop_path, max_image_size * 1024 * 1024, early_exit)
+    restart_policy = V.RestartPolicy(restart_delay, max(restart_delay, restart_max_delay), restart_reset,
+                                     restart_max, restart_window)
     # one supervisor per dbdir: before anything else (sockets, tenders, files)
     lock = R.DaemonLock.acquire(dbdir, tmpdir)
     try:
@@ -1168,8 +1266,15 @@ def command(tmpdir: str, systemd: bool, verbosity: int, use_syslog: bool, dbdir:
     except safefs.UnsafePath as e:
         raise StartupError(f"refusing to start: {e.message}") from None
     limits.raise_nofile()
-    core, unikernels, persisted = startup(settings, zvol, lock)
+    core, unikernels, persisted = startup(settings, zvol, lock, restart_policy)
     core.max_image_size = settings.max_image_size
+    if restart_policy.delay <= 0 and not restart_policy.max_failures:
+        log.log(V.APP, "restart on failure: at once, never giving up (as upstream)")
+    else:
+        log.log(V.APP, "restart on failure: after %g s doubling up to %g s (reset after a run of %g s), %s",
+                restart_policy.delay, restart_policy.max_delay, restart_policy.reset_after,
+                f"giving up after {restart_max} failures within {restart_window:g} s" if restart_max
+                else "never giving up")
     asyncio.run(run_with_metrics(serve(settings, core, unikernels, systemd, persisted), influx, "albatross",
                                  lambda: resource_lines(core.resources)))
 

@@ -13,6 +13,7 @@ import platform
 import socket
 import stat
 import sys
+import time
 
 import click
 
@@ -65,6 +66,31 @@ def socket_path(tmpdir: str, service: str) -> str:
 
 # ----------------------------------------------------------------- logging
 
+class TimestampFormatter(logging.Formatter):
+    """Lines prefixed with an RFC 3339 timestamp in UTC, with milliseconds."""
+
+    def formatTime(self, record, datefmt=None):  # noqa: N802 - logging's name
+        t = time.gmtime(record.created)
+        return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+
+
+def under_journald() -> bool:
+    """stdout or stderr is the journal (systemd sets JOURNAL_STREAM to its device:inode)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+    except ValueError:
+        return False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            st = os.fstat(stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            continue
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return True
+    return False
+
+
 def setup_logging(program: str, verbosity: int, use_syslog: bool) -> None:
     """verbosity: 0 quiet, 1 error, 2 warning (default), 3 info, 4 debug."""
     level = {0: logging.CRITICAL + 10, 1: logging.ERROR, 2: logging.WARNING,
@@ -79,9 +105,12 @@ def setup_logging(program: str, verbosity: int, use_syslog: bool) -> None:
             print(f"ERROR: couldn't install syslog reporter: {e}", file=sys.stderr)
             sys.exit(2)
         handler.setFormatter(logging.Formatter(f"{program}[{os.getpid()}]: [%(levelname)s] %(message)s"))
-    else:
+    elif under_journald():  # journald adds its own timestamps
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter(f"{program}: [%(levelname)s] %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(TimestampFormatter(f"%(asctime)s {program}: [%(levelname)s] %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
 

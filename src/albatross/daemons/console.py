@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import stat
 
 import click
@@ -49,6 +50,8 @@ STALL_TIMEOUT = 1.0
 STALL_TICK = 0.1
 #: bytes taken from a fifo per wake-up (split in 512-byte pieces like upstream)
 READ_SIZE = 32 * LINE_LIMIT
+#: seconds subscribers get to take their pending output at SIGTERM
+FLUSH_TIMEOUT = 2.0
 
 
 
@@ -212,6 +215,20 @@ class ConsoleDaemon:
         finally:
             reader.resume()
 
+    async def flush_subscribers(self, timeout: float) -> None:
+        """Let every subscriber take what was sent to it (at most ``timeout`` seconds)."""
+        writers = [sub.conn.writer for entry in self.state.paths.values()
+                   for console in entry.consoles.values() for _, sub in console.subscribers
+                   if not sub.closed]
+
+        async def drain(w: asyncio.StreamWriter) -> None:
+            try:
+                await w.drain()
+            except (ConnectionError, OSError, RuntimeError):
+                pass
+        if writers:
+            await asyncio.wait([asyncio.ensure_future(drain(w)) for w in writers], timeout=timeout)
+
     # -- connections ----------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Conn(reader, writer, max_size=MAX_REQUEST)
@@ -286,8 +303,21 @@ async def serve(tmpdir: str, systemd: bool, max_subscribers: int,
     sd_notify("READY=1")
     if ready is not None:
         ready.set()
+    # SIGTERM is handled between two callbacks, never between reading a fifo and
+    # sending what was read: a line is either delivered or still waits in the fifo
+    # for the next albatross-console (albatrossd keeps a read end open meanwhile)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with server:
-        await server.serve_forever()
+        serving = loop.create_task(server.serve_forever())
+        await stop.wait()
+        log.info("terminating")
+        for reader in list(daemon.readers.values()):
+            reader.pause()
+        server.close()
+        await daemon.flush_subscribers(FLUSH_TIMEOUT)
+        serving.cancel()
 
 
 def _max_subscribers(_ctx, _param, value: int) -> int:

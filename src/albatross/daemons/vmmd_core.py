@@ -38,6 +38,7 @@ from ..core import (
     BlockInfo, NetInfo, Policy, Ptime, UnikernelConfig, UnikernelInfo, startup_priority,
 )
 from ..errors import AlbatrossError, PolicyError
+from ..policy import validate
 from ..policy.names import ROOT, Name
 from ..policy.resources import Resources
 from ..policy.trie import Trie
@@ -46,6 +47,9 @@ from ..wire.messages import Header, Wire
 from ..wire.state import State
 
 log = logging.getLogger("albatross.vmmd")
+
+#: the level of lifecycle messages: shown at albatrossd's default verbosity (upstream's "app")
+APP = logging.WARNING + 5
 
 VmState = Literal["starting", "running", "stopping"]
 
@@ -78,6 +82,7 @@ class Spawned:
     taps: tuple[tuple[str, bytes], ...]  # (tap, MAC in use) per network device
     digest: bytes
     started: Ptime
+    clock: float | None = None  # the shell's monotonic clock at spawn (for the restart back-off)
 
 
 @dataclass(slots=True)
@@ -89,6 +94,7 @@ class Vm:
     taps: tuple[tuple[str, bytes], ...] = ()
     digest: bytes = b""
     started: Ptime = Ptime(0)
+    clock: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,63 @@ class ExitWaiter:
 
 
 Waiter = Union[RestartWaiter, ExitWaiter]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How restart-on-failure backs off (beyond upstream, which restarts at once, forever).
+
+    The n-th failure in a row waits ``delay * 2**(n-1)`` seconds, at most
+    ``max_delay``, before the restart; a run of at least ``reset_after``
+    seconds forgets the earlier failures.  When ``max_failures`` failures
+    fall within ``window`` seconds the unikernel is not restarted but marked
+    failed.  ``delay`` 0 restarts at once, ``max_failures`` 0 never gives up:
+    both together are upstream's behaviour.
+    """
+
+    delay: float = 1.0
+    max_delay: float = 60.0
+    reset_after: float = 60.0
+    max_failures: int = 10
+    window: float = 600.0
+
+    @classmethod
+    def immediate(cls) -> "RestartPolicy":
+        """Upstream: restart at once, never give up."""
+        return cls(delay=0.0, max_failures=0)
+
+    def delay_for(self, failures: int) -> float:
+        """The wait before the restart after ``failures`` (>= 1) failures in a row."""
+        if self.delay <= 0:
+            return 0.0
+        return min(self.max_delay, self.delay * 2 ** min(failures - 1, 64))
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRestart:
+    """A restart waiting for its back-off delay; ``token`` identifies the shell's timer."""
+
+    config: UnikernelConfig
+    token: int
+    delay: float
+    failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailedVm:
+    """A unikernel given up on: not running, kept (and in the state file) until destroyed or restarted."""
+
+    config: UnikernelConfig
+    status: ExitStatus
+    failures: int
+    window: float
+    reason: str | None = None  # the last failure was a failed re-creation, not an exit
+
+    def describe(self, name: Name) -> str:
+        last = f"restart failed: {self.reason}" if self.reason else f"with {self.status.describe()}"
+        return (f"unikernel {name.to_string()} failed: it exited {self.failures} times within "
+                f"{self.window:g} s (last {last}), not restarted any more; "
+                f"'restart' tries again, 'destroy' removes it")
 
 
 # --------------------------------------------------------------------------
@@ -165,11 +228,24 @@ class Wake:
 
 @dataclass(frozen=True, slots=True)
 class RestartDecision:
-    """A restart handler fired: later (under the lock) call Vmmd.decide_restart."""
+    """A restart handler fired: later (under the lock) call Vmmd.decide_restart.
+
+    ``started`` is the shell's clock when the exited tender was spawned.
+    """
 
     name: Name
     config: UnikernelConfig
     status: ExitStatus
+    started: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRestart:
+    """Back-off: after ``delay`` seconds call Vmmd.restart_due(name, token) under the lock."""
+
+    name: Name
+    token: int
+    delay: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,8 +337,8 @@ class BlockIO:
     level: int = 0
 
 
-Effect = Union[Reply, Loop, PrepareAndSpawn, Kill, AwaitExit, Wake, RestartDecision, DumpState,
-               Cleanup, StatsMessage, AdoptStats, BlockIO, Tombstone, RollBack]
+Effect = Union[Reply, Loop, PrepareAndSpawn, Kill, AwaitExit, Wake, RestartDecision, ScheduleRestart,
+               DumpState, Cleanup, StatsMessage, AdoptStats, BlockIO, Tombstone, RollBack]
 
 
 # --------------------------------------------------------------------------
@@ -330,11 +406,16 @@ class Vmmd:
     _next_waiter: int = 1
     #: largest uncompressed image accepted (albatrossd --max-image-size)
     max_image_size: int = Z.DEFAULT_MAX_IMAGE
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    failures: dict[Name, list[float]] = field(default_factory=dict)  # clock of recent failures
+    pending: dict[Name, PendingRestart] = field(default_factory=dict)
+    failed: dict[Name, FailedVm] = field(default_factory=dict)
 
     # -- start-up ---------------------------------------------------------------
     @classmethod
-    def create(cls, zvol_path: tuple[str, ...] | None = None) -> "Vmmd":
-        return cls(resources=Resources(zvol_path=zvol_path))
+    def create(cls, zvol_path: tuple[str, ...] | None = None,
+               restart_policy: RestartPolicy | None = None) -> "Vmmd":
+        return cls(resources=Resources(zvol_path=zvol_path), restart_policy=restart_policy or RestartPolicy())
 
     def init_block_devices(self, devices: list[tuple[Name, int]]) -> list[str]:
         """Register the block devices found on disk; returns error messages for rejected ones."""
@@ -369,8 +450,16 @@ class Vmmd:
 
     # -- state file ---------------------------------------------------------------
     def state(self) -> State:
-        return State(tuple((n, vm.config) for n, vm in self.vms.items() if vm.state != "starting"),
-                     tuple(self.resources.policies.items()))
+        """Running unikernels, and those waiting for a restart or marked failed (still deployed)."""
+        configs: Trie[UnikernelConfig] = Trie()
+        for n, p in self.pending.items():
+            configs.insert(n, p.config)
+        for n, f in self.failed.items():
+            configs.insert(n, f.config)
+        for n, vm in self.vms.items():
+            if vm.state != "starting":
+                configs.insert(n, vm.config)
+        return State(tuple(configs.items()), tuple(self.resources.policies.items()))
 
     def dump(self, undo: Undo | None = None) -> DumpState:
         return DumpState(self.state(), undo)
@@ -462,6 +551,17 @@ class Vmmd:
             text = "destroyed: removed waiter"
             dump = [self.dump(Undo("destroy", name, header, text))] if needs_dump else []
             return dump + [string(header, text)]
+        if name in self.pending:
+            del self.pending[name]
+            self.failures.pop(name, None)
+            log.log(APP, "%s destroyed while waiting to be restarted", name.pretty())
+            text = "destroyed: removed from restarting"
+            return [self.dump(Undo("destroy", name, header, text)), string(header, text)]
+        if name in self.failed:
+            del self.failed[name]
+            log.log(APP, "%s (failed) destroyed", name.pretty())
+            text = "destroyed: removed failed unikernel"
+            return [self.dump(Undo("destroy", name, header, text)), string(header, text)]
         if name in self.restarting:
             self.restarting.discard(name)
             text = "destroyed: removed from restarting"
@@ -504,10 +604,12 @@ class Vmmd:
         if name.label is not None:
             log.warning("policy command with non-empty name part %r in %s", name.label, name)
         if isinstance(cmd, m.PolicyRemove):
+            validate.removable_policy(path)
             old = self.resources.find_policy(path)
             self.resources.remove_policy(path)
             return [self.dump(Undo("policy", name, header, policy=old)), string(header, "removed policy")]
         if isinstance(cmd, m.PolicyAdd):
+            validate.policy(cmd.policy)
             old = self.resources.find_policy(path)
             if old == cmd.policy:
                 return [string(header, "no modification of policy"), Loop()]
@@ -519,7 +621,19 @@ class Vmmd:
 
     # unikernels
     def info(self, name: Name) -> tuple[tuple[Name, UnikernelInfo], ...]:
+        """The running unikernels at ``name`` (or below the path).
+
+        The wire's unikernel info has no state: a unikernel waiting for its
+        restart or marked failed is not listed (no client could tell that it
+        does not run); asked for by its name, the answer is a failure saying so.
+        """
         if name.label is not None:
+            if name in self.failed:
+                raise PolicyError(self.failed[name].describe(name))
+            if name in self.pending:
+                p = self.pending[name]
+                raise PolicyError(f"unikernel {name.to_string()} is not running: it failed {p.failures} "
+                                  f"time(s) in a row and is restarted after {p.delay:g} s")
             vm = self.vms.get(name)
             return () if vm is None or vm.state == "starting" else ((name, self._info(name, vm)),)
         return tuple((rel, self._info(rel, vm)) for rel, vm in self.vms.listing(name.path)
@@ -579,9 +693,22 @@ class Vmmd:
             res.remove_vm(name)
         return res
 
+    def _validate(self, name: Name, config: UnikernelConfig) -> None:
+        """The values of a create (authoritative: whatever the client checked)."""
+        validate.unikernel_name(name)
+        validate.config_on_host(config, self.resources.find_policy(()))
+
     def _create_cmd(self, header: Header, cmd: m.UnikernelCreate) -> list[Effect]:
         name = header.name
+        self._validate(name, cmd.config)
         create = PrepareAndSpawn(name, cmd.config, True, header)
+        if name in self.pending or name in self.failed:
+            if not cmd.force:
+                what = "waiting to be restarted" if name in self.pending else "marked failed"
+                raise PolicyError(f"Unikernel with same name is {what} (destroy it, or create with --force)")
+            self.pending.pop(name, None)
+            self.failed.pop(name, None)
+            self.failures.pop(name, None)
         if not cmd.force:
             return [create]
         self._resources_without(name).check_vm(name, cmd.config)
@@ -598,10 +725,23 @@ class Vmmd:
     def _restart(self, header: Header, cmd: m.UnikernelRestart) -> list[Effect]:
         name = header.name
         vm = self.running(name)
+        if vm is None and (name in self.pending or name in self.failed):
+            # waiting for its back-off or given up on: try again now
+            old = self.pending[name].config if name in self.pending else self.failed[name].config
+            config = old if cmd.arguments is None else old.with_arguments(cmd.arguments)
+            self._validate(name, config)
+            if config.typ == "solo5":
+                check_manifest(config)
+            self.pending.pop(name, None)
+            self.failed.pop(name, None)
+            self.failures.pop(name, None)
+            log.log(APP, "restarting %s on request", name.pretty())
+            return [PrepareAndSpawn(name, config, True, header)]
         if vm is None:
             return self._stop_create(header, needs_dump=False)
         self._resources_without(name).check_vm(name, vm.config)
         config = vm.config if cmd.arguments is None else vm.config.with_arguments(cmd.arguments)
+        self._validate(name, config)
         if config.typ == "solo5":
             check_manifest(config, self.max_image_size)
         return self._kill_and_wait(vm, header, PrepareAndSpawn(name, config, True, header))
@@ -610,6 +750,7 @@ class Vmmd:
         vm = self.running(header.name)
         if vm is None:
             return self._stop_create(header, needs_dump=True)
+        self.failures.pop(header.name, None)
         return self._kill_and_wait(vm, header, "destroy")
 
     def destroy_done(self, header: Header, status: ExitStatus) -> list[Effect]:
@@ -630,6 +771,8 @@ class Vmmd:
                 blocks = () if b is None else ((name, b.size, b.active),)
             return [success(header, m.BlockDevices(blocks))]
         if isinstance(cmd, (m.BlockAdd, m.OldBlockAdd)):
+            validate.unikernel_name(name, "block device")
+            validate.block_size(cmd.size)
             if res.find_block(name) is not None:
                 raise PolicyError("block device with same name already exists")
             res.check_block(name, cmd.size)
@@ -698,6 +841,7 @@ class Vmmd:
     # -- creating a unikernel (the shell runs these steps under the global lock) -------
     def check_create(self, name: Name, config: UnikernelConfig) -> None:
         """Steps 1 and 2 of create (raises PolicyError); marks ``name`` as starting."""
+        self._validate(name, config)
         if self.vms.get(name) is not None:
             raise PolicyError("Unikernel with same name is already running")
         self.resources.check_vm(name, config)
@@ -731,7 +875,7 @@ class Vmmd:
         except PolicyError:
             self.create_failed(name)
             raise
-        vm = Vm(name, config, "running", proc.pid, tuple(proc.taps), proc.digest, proc.started)
+        vm = Vm(name, config, "running", proc.pid, tuple(proc.taps), proc.digest, proc.started, proc.clock)
         self.vms.insert(name, vm)
         effects: list[Effect] = [self.dump(Undo("create", name, reply))] if needs_dump else []
         effects.append(self._stats_add(vm))
@@ -746,7 +890,7 @@ class Vmmd:
         if vm is None:
             log.warning("exit of unknown unikernel %s", name)
             return []
-        log.info("unikernel %s (PID %d) stopped with %s", name.pretty(), vm.pid, status.describe())
+        log.log(APP, "%s (pid %d) exited with %s", name.pretty(), vm.pid, status.describe())
         self.vms.remove(name)
         effects: list[Effect] = [
             Cleanup(name, vm.config.typ, tuple(t for t, _ in vm.taps), vm.digest),
@@ -762,22 +906,73 @@ class Vmmd:
         self.restarting.add(name)
         for w in waiters:
             if isinstance(w, RestartWaiter):
-                effects.append(RestartDecision(name, w.config, status))
+                effects.append(RestartDecision(name, w.config, status, vm.clock))
             else:
                 effects.append(Wake(w.ident, status))
         return effects
 
-    def decide_restart(self, name: Name, config: UnikernelConfig, status: ExitStatus) -> list[Effect]:
-        """The restart handler (under the lock): exit-64 retry, restart, or dump."""
+    def decide_restart(self, name: Name, config: UnikernelConfig, status: ExitStatus,
+                       now: float = 0.0, started: float | None = None) -> list[Effect]:
+        """The restart handler (under the lock): exit-64 retry, restart (now or after
+        a back-off), give up, or dump.  ``now`` is the shell's monotonic clock,
+        ``started`` its value when the exited tender was spawned (None: unknown)."""
         may = name in self.restarting
         self.restarting.discard(name)
         if may and config.add_name and status == ExitStatus("exit", 64):
+            log.log(APP, "%s refused --name (exit 64), starting it again without", name.pretty())
             return [PrepareAndSpawn(name, replace(config, add_name=False), True, None)]
         if may and config.fail_behaviour.restart and should_restart(config, status):
-            return [PrepareAndSpawn(name, config, False, None)]
+            return self._back_off(name, config, status, now, started)
         if may and config.fail_behaviour.restart:
             log.warning("unikernel %s exited with %s, not restarting", name.pretty(), status.describe())
+        self.failures.pop(name, None)
         return [self.dump()]
+
+    def _back_off(self, name: Name, config: UnikernelConfig, status: ExitStatus,
+                  now: float, started: float | None, reason: str | None = None) -> list[Effect]:
+        pol = self.restart_policy
+        recent = [t for t in self.failures.get(name, []) if now - t < pol.window]
+        if started is not None and now - started >= pol.reset_after:
+            recent = []  # it ran long enough: a fresh start
+        recent.append(now)
+        n = len(recent)
+        if pol.max_failures and n >= pol.max_failures:
+            self.failures.pop(name, None)
+            failed = FailedVm(config, status, n, pol.window, reason)
+            self.failed[name] = failed
+            log.error("%s: giving up: %s", name.pretty(), failed.describe(name))
+            return []  # stays in the state file: a later albatrossd start tries again
+        self.failures[name] = recent
+        delay = pol.delay_for(n)
+        if delay <= 0:
+            log.log(APP, "restarting %s (exited with %s)", name.pretty(), status.describe())
+            return [PrepareAndSpawn(name, config, False, None)]
+        token = self._next_waiter
+        self._next_waiter += 1
+        self.pending[name] = PendingRestart(config, token, delay, n)
+        limit = f" of {pol.max_failures} within {pol.window:g} s" if pol.max_failures else ""
+        log.warning("%s exited with %s (failure %d%s): restarting in %g s",
+                    name.pretty(), status.describe(), n, limit, delay)
+        return [ScheduleRestart(name, token, delay)]
+
+    def restart_due(self, name: Name, token: int) -> list[Effect]:
+        """A back-off timer fired (under the lock): restart, unless destroyed or replaced meanwhile."""
+        p = self.pending.get(name)
+        if p is None or p.token != token:
+            log.info("restart of %s cancelled (destroyed or replaced meanwhile)", name.pretty())
+            return []
+        del self.pending[name]
+        log.log(APP, "restarting %s after %g s back-off", name.pretty(), p.delay)
+        return [PrepareAndSpawn(name, p.config, False, None)]
+
+    def restart_failed(self, name: Name, config: UnikernelConfig, message: str, now: float) -> list[Effect]:
+        """Re-creating a unikernel for a restart failed: a failure like an exit, backed off."""
+        if self.shutting_down or self.vms.get(name) is not None:
+            return []
+        if not config.fail_behaviour.restart:
+            return [self.dump()]
+        log.error("restart of %s failed: %s", name.pretty(), message)
+        return self._back_off(name, config, ExitStatus("exit", 2), now, None, message)
 
     # -- shutdown -----------------------------------------------------------------------
     def shutdown(self) -> tuple[list[Effect], list[int]]:
@@ -811,7 +1006,8 @@ def check_manifest(config: UnikernelConfig, max_image: int = Z.DEFAULT_MAX_IMAGE
 
 
 __all__ = [
-    "Vmmd", "Vm", "ExitStatus", "Spawned", "should_restart", "startup_order", "bytes_of_mb",
+    "Vmmd", "Vm", "ExitStatus", "Spawned", "RestartPolicy", "PendingRestart", "FailedVm", "ScheduleRestart",
+    "APP", "should_restart", "startup_order", "bytes_of_mb",
     "Reply", "Loop", "PrepareAndSpawn", "Kill", "AwaitExit", "Wake", "RestartDecision", "DumpState",
     "Cleanup", "StatsMessage", "AdoptStats", "BlockIO", "Effect", "check_manifest", "Undo", "Tombstone",
     "RollBack",
