@@ -72,7 +72,7 @@ class EndpointProcess:
             pki.write_file(self.path(name), data)
         self.fake = FakeDaemons(self.dir).start()
         cmd = [ENDPOINT, self.path("cacert.pem"), self.path("server.pem"), self.path("server.key"),
-               "--tmpdir", self.dir, "--ip", "127.0.0.1", "--port", "0", *flags]
+               "--tmpdir", self.dir, "--ip", "127.0.0.1", "--port", "0", "-v", *flags]
         if nofile is not None:
             cmd = ["bash", "-c", f'ulimit -n {nofile} && exec "$@"', "bash", *cmd]
         self.log_path = self.path("endpoint.log")
@@ -178,6 +178,7 @@ def run_big_clients(host: str, port: int, n: int, cert_pem: str, key_pem: str, t
         try:
             barrier.wait(timeout)
             sock = socket.create_connection((host, port), timeout=timeout)
+            sock.setblocking(True)  # pyOpenSSL on a plain blocking socket; the endpoint's timeouts bound it
             conn = SSL.Connection(ctx, sock)
             conn.set_connect_state()
             conn.do_handshake()

@@ -222,7 +222,7 @@ class Endpoint:
         """Handshake, handle, close; logs problems, never raises (inetd mode)."""
         tls = TlsStream(self.ctx, sock, server=True)
         try:
-            tls.handshake(self.handshake_timeout)
+            tls.handshake(self.handshake_timeout, max_received=self.limits.per_connection)
         except Exception as e:  # noqa: BLE001 - any handshake problem closes this connection only
             log.error("error establishing TLS connection%s: %s", f" from {peer}" if peer else "", _reason(e))
             tls.close()
@@ -415,6 +415,12 @@ class _EventLoop:
         self.queue: collections.deque[_Pending] = collections.deque()  # waiting for one
         self.accept_paused_until: float | None = None
         self.refusing = False
+        # large handshakes finish in threads of their own; they wake us to hand on their reservation
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        self.lock = threading.Lock()
+        self.finished_large = 0
         try:
             self.spare: int | None = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -424,11 +430,14 @@ class _EventLoop:
     def run(self) -> None:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
         try:
             while self.stop is None or not self.stop.is_set():
                 for key, mask in self.sel.select(self._timeout()):
                     if key.data is None:
                         self._accept()
+                    elif key.data == "wake":
+                        self._large_finished()
                     elif self.pending.get(key.fd) is key.data:  # not closed earlier in this batch
                         self._progress(key.data, mask)
                 self._expire()
@@ -439,6 +448,8 @@ class _EventLoop:
             for p in list(self.pending.values()):
                 self._drop(p)
             self.sel.close()
+            self.wake_r.close()
+            self.wake_w.close()
             if self.spare is not None:
                 os.close(self.spare)
 
@@ -509,25 +520,26 @@ class _EventLoop:
 
     # -- handshakes --------------------------------------------------------------
     def _allowance(self, p: _Pending) -> int:
-        """Bytes ``p`` may still send now (0: wait for a reservation)."""
+        """Bytes ``p`` may still send to the loop: 0 when it must wait for a
+        reservation, -1 when it got one (and went to a thread of its own)."""
         received = p.tls.received
         if received < SMALL_HANDSHAKE:
             return SMALL_HANDSHAKE - received
-        if not p.large:
-            if self.large >= self.limits.large_slots:
-                return 0
-            p.large = True
-            self.large += 1
-        return self.limits.per_connection - received
+        if self.large >= self.limits.large_slots:
+            return 0
+        p.large = True
+        self.large += 1
+        self._offload(p)
+        return -1
 
     def _progress(self, p: _Pending, mask: int) -> None:
         try:
             done = False
             if mask & selectors.EVENT_READ:
                 allowance = self._allowance(p)
-                if allowance <= 0:
-                    if p.large:
-                        raise ChainError(f"more than {self.limits.per_connection} bytes before authentication")
+                if allowance < 0:  # now in a thread of its own
+                    return
+                if allowance == 0:
                     p.waiting = True
                     self.queue.append(p)
                 elif p.tls.feed(allowance) >= 0:
@@ -569,10 +581,6 @@ class _EventLoop:
                 self.queue.remove(p)
             except ValueError:
                 pass
-        if p.large:
-            p.large = False
-            self.large -= 1
-            self._grant()
 
     def _grant(self) -> None:
         """Hand free reservations to the connections waiting longest."""
@@ -581,11 +589,54 @@ class _EventLoop:
             p.waiting = False
             p.large = True
             self.large += 1
-            try:
-                current = self.sel.get_key(p.tls.sock).events
-            except KeyError:
-                current = 0
-            self._set_events(p, selectors.EVENT_READ | current)
+            self._offload(p)
+
+    def _offload(self, p: _Pending) -> None:
+        """A handshake larger than SMALL_HANDSHAKE goes on in a thread of its
+        own (at most ``large_slots`` of them: they parse megabytes)."""
+        self.pending.pop(p.tls.sock.fileno(), None)
+        self._set_events(p, 0)
+        try:
+            threading.Thread(target=self._large_handshake, args=(p,), name=f"tls handshake {p.peer}",
+                             daemon=True).start()
+        except RuntimeError as e:  # can't start new thread
+            self.ep._log_failure(logging.ERROR, "error establishing TLS connection from %s: %s", p.peer, e)
+            p.tls.close()
+            self.ep._release(p.source)
+            self.large -= 1
+
+    def _large_handshake(self, p: _Pending) -> None:
+        try:
+            p.tls.handshake(deadline=p.deadline, max_received=self.limits.per_connection)
+        except TlsTimeout:
+            error = f"timeout (no authenticated client after {self.limits.handshake_timeout:g} s)"
+        except Exception as e:  # noqa: BLE001 - this connection only
+            error = _reason(e)
+        else:
+            error = None
+        with self.lock:
+            self.finished_large += 1
+        try:
+            self.wake_w.send(b"x")
+        except OSError:
+            pass  # a byte is already waiting, or the loop is gone
+        if error is not None:
+            self.ep._log_failure(logging.ERROR, "error establishing TLS connection from %s: %s", p.peer, error)
+            p.tls.close()
+            self.ep._release(p.source)
+            return
+        self.ep._session(p.tls, p.source)
+
+    def _large_finished(self) -> None:
+        try:
+            while self.wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        with self.lock:
+            n, self.finished_large = self.finished_large, 0
+        self.large -= n
+        self._grant()
 
     def _fail(self, p: _Pending, reason: str) -> None:
         self.ep._log_failure(logging.ERROR, "error establishing TLS connection from %s: %s", p.peer, reason)

@@ -380,7 +380,11 @@ def _verify_callback(anchors: list[x509.Certificate], tls_client: bool):
             return True
         except Exception as e:  # noqa: BLE001 - recorded per connection, never raised here
             if isinstance(problems, list) and not problems:
-                problems.append(e if isinstance(e, ChainError) else ChainError(f"certificate check failed: {e}"))
+                # without its traceback: that would hold this frame, hence the
+                # connection, in a cycle only the garbage collector breaks (the
+                # megabytes of a large handshake "never returned")
+                problems.append(ChainError(e.message) if isinstance(e, ChainError)
+                                else ChainError(f"certificate check failed: {e}"))
             return False
     return callback
 
@@ -455,6 +459,7 @@ class TlsStream:
         self.validated: list[x509.Certificate] | None = None
         self.received = 0
         self.eof = False
+        self.max_received: int | None = None  # cap on ``received`` (before authentication)
         self._out = bytearray()
         if server:
             self.conn.set_accept_state()
@@ -515,7 +520,7 @@ class TlsStream:
         except SSL.Error:
             self._pump_out()
             if self.verify_problems:  # the precise reason of our own verify callback
-                raise self.verify_problems[0] from None
+                raise ChainError(self.verify_problems[0].message) from None
             raise
         self._recheck()
         return True
@@ -547,13 +552,21 @@ class TlsStream:
         while not self.send_pending():
             self._wait(True, deadline)
 
+    def _feed_limit(self) -> int:
+        if self.max_received is None:
+            return 1 << 16
+        left = self.max_received - self.received
+        if left <= 0:
+            raise ChainError(f"more than {self.max_received} bytes before authentication")
+        return left
+
     def _retry(self, fn, deadline: float | None):
         while True:
             try:
                 result = fn()
             except SSL.WantReadError:
                 self._flush(deadline)
-                while self.feed() < 0:
+                while self.feed(self._feed_limit()) < 0:
                     self._wait(False, deadline)
                 continue
             except SSL.Error:
@@ -565,14 +578,21 @@ class TlsStream:
             self._flush(deadline)
             return result
 
-    def handshake(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def handshake(self, timeout: float | None = None, deadline: float | None = None,
+                  max_received: int | None = None) -> None:
+        """Blocking handshake within ``timeout`` (or until ``deadline``),
+        the peer sending at most ``max_received`` bytes in all."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+        self.max_received = max_received
         try:
             self._retry(self.conn.do_handshake, deadline)
         except SSL.Error:
             if self.verify_problems:  # the precise reason of our own verify callback
-                raise self.verify_problems[0] from None
+                raise ChainError(self.verify_problems[0].message) from None
             raise
+        finally:
+            self.max_received = None
         self._recheck()
 
     def recv(self, n: int = 65536, timeout: float | None = None) -> bytes:
