@@ -224,7 +224,8 @@ def test_console_subscribe_streams_until_daemon_closes(world, capsys):
     assert "hello" in out and "world" in out
 
 
-def test_console_client_going_away_releases_the_daemon_connection(world):
+def test_console_client_going_away_releases_the_daemon_connection(world, caplog):
+    caplog.set_level(logging.DEBUG, logger="albatross.tls_endpoint")
     world.fake.hold_console.set()
     try:
         leaf, key = world.ca.leaf("hello", m.ConsoleSubscribe(count=1), *world.user)
@@ -234,6 +235,13 @@ def test_console_client_going_away_releases_the_daemon_connection(world):
         assert tls.read_chunk(timeout=5) not in (None, END)
         tls.close()
         good_client_works(world)
+        # a console client leaving is its normal end: a debug line, no error (issue 17)
+        deadline = time.monotonic() + 10
+        while "final reply not delivered" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert "error while handle()" not in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         world.fake.hold_console.clear()
 
