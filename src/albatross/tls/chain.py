@@ -568,6 +568,11 @@ class TlsStream:
                 self._flush(deadline)
                 while self.feed(self._feed_limit()) < 0:
                     self._wait(False, deadline)
+                # what else is there already (up to 1 MiB): fewer, larger steps for
+                # OpenSSL, whose cost per step grows with a large handshake message
+                for _ in range(15):
+                    if self.feed(self._feed_limit()) <= 0:
+                        break
                 continue
             except SSL.Error:
                 try:  # let the peer see our alert
