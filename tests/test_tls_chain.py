@@ -277,3 +277,50 @@ def test_verify_callback_records_instead_of_raising(ca, user, monkeypatch):
     assert cb(_Conn(other), cert, 0, 0, 1) is False
     assert len(other) == 1 and isinstance(other[0], ChainError) and str(other[0]) == "certificate check failed: boom"
     assert cb(_Conn(None), cert, 0, 0, 1) is False  # a connection without a record is still refused
+
+
+# ------------------------------------------- same-named issuers (issue 13)
+
+def _no_key_ids(cn, issuer_name, issuer_key, profile, cmd=None):
+    """A certificate without key identifiers (as upstream's root CAs): only
+    the name links it to its issuer."""
+    key = pki.generate_key()
+    exts = pki.profile_extensions(profile) + ([(pki.albatross_extension(cmd), False)] if cmd else [])
+    cert = pki.issue(pki.cn_name(cn), key.public_key(), issuer_name, issuer_key, exts, 3600, key_ids=False)
+    return cert, key
+
+
+@pytest.mark.parametrize("signer", [0, 1])
+@pytest.mark.parametrize("order", ["old first", "new first"])
+def test_every_anchor_of_the_same_name_is_tried(signer, order):
+    """A renewed CA trusted beside the old one, both named 'ca': a chain of
+    either validates whatever their order (upstream tries every CA whose
+    name matches; OpenSSL alone picks the first)."""
+    cas = [Pki("ca"), Pki("ca")]
+    anchors = [c.ca for c in cas] if order == "old first" else [cas[1].ca, cas[0].ca]
+    signing = cas[signer]
+    user, user_key = _no_key_ids("user", signing.ca.subject, signing.ca_key, pki.Profile.CA, m.PolicyAdd(P_USER))
+    leaf, _ = _no_key_ids("x", user.subject, user_key, pki.Profile.LEAF, INFO)
+    assert validate_chain([leaf, user], anchors, tls_client=True) == [leaf, user]
+    assert validate_chain([signing.server], anchors) == [signing.server]
+    # a CA of that name that signed nothing here still fails, with OpenSSL's reason
+    with pytest.raises(ChainError, match="certificate signature failure|unable to get local issuer"):
+        validate_chain([leaf, user], [cas[1 - signer].ca])
+
+
+@pytest.mark.parametrize("order", ["signer first", "signer second"])
+def test_every_sent_intermediate_of_the_same_name_is_tried(ca, order):
+    """A client sending two sub-CAs named 'user' (renewed beside the old):
+    the path goes through the one that signed the leaf, and its policy."""
+    a, a_key = _no_key_ids("user", ca.ca.subject, ca.ca_key, pki.Profile.CA, m.PolicyAdd(P_USER))
+    b, b_key = _no_key_ids("user", ca.ca.subject, ca.ca_key, pki.Profile.CA, m.PolicyAdd(P_SMALL))
+    leaf, _ = _no_key_ids("x", b.subject, b_key, pki.Profile.LEAF, INFO)
+    sent = [leaf, b, a] if order == "signer first" else [leaf, a, b]
+    path = validate_chain(sent, [ca.ca], tls_client=True)
+    assert path == [leaf, b]
+    assert process_chain(path).policies == [(("user",), P_SMALL)]
+    # a leaf signed by neither still fails
+    other, other_key = _no_key_ids("user", ca.ca.subject, pki.generate_key(), pki.Profile.CA, m.PolicyAdd(P_USER))
+    stray, _ = _no_key_ids("x", other.subject, other_key, pki.Profile.LEAF, INFO)
+    with pytest.raises(ChainError):
+        validate_chain([stray, a, b], [ca.ca], tls_client=True)

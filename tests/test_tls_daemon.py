@@ -132,6 +132,20 @@ def test_listens_dual_stack_by_default(setup):
     assert "error establishing TLS connection" in out
 
 
+def test_one_line_at_start_says_where_it_listens(setup):
+    """At the default verbosity (issue 17); the default address is upstream's: every address."""
+    d, _ = setup
+    proc = subprocess.Popen(args(d, "--port", "0"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on [::]:" in line and "max 512 connections" in line
+        port = int(line.split("listening on [::]:")[1].split()[0])
+        assert info(d, f"127.0.0.1:{port}") == 0
+    finally:
+        stop(proc)
+    assert proc.stdout.read().strip() == ""  # nothing else for a served client
+
+
 @pytest.mark.skipif(ACTIVATE is None, reason="systemd-socket-activate not installed")
 def test_inetd_mode_under_systemd_socket_activate(setup):
     d, fake = setup

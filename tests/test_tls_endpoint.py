@@ -224,7 +224,8 @@ def test_console_subscribe_streams_until_daemon_closes(world, capsys):
     assert "hello" in out and "world" in out
 
 
-def test_console_client_going_away_releases_the_daemon_connection(world):
+def test_console_client_going_away_releases_the_daemon_connection(world, caplog):
+    caplog.set_level(logging.DEBUG, logger="albatross.tls_endpoint")
     world.fake.hold_console.set()
     try:
         leaf, key = world.ca.leaf("hello", m.ConsoleSubscribe(count=1), *world.user)
@@ -234,6 +235,13 @@ def test_console_client_going_away_releases_the_daemon_connection(world):
         assert tls.read_chunk(timeout=5) not in (None, END)
         tls.close()
         good_client_works(world)
+        # a console client leaving is its normal end: a debug line, no error (issue 17)
+        deadline = time.monotonic() + 10
+        while world.endpoint.connections():  # the console session has ended
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.05)
+        assert "error while handle()" not in caplog.text
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         world.fake.hold_console.clear()
 
@@ -539,3 +547,57 @@ def test_execute_presents_the_full_chain(world):
     handler = ReplyHandler(INFO, Name((), "web"))
     assert execute(world.dest, [leaf, sub, world.user[0]], key, world.path("cacert.pem"), handler) == 0
     assert world.fake.commands("vmmd")[-1].header.name.to_string() == "user:team:web"
+
+
+# ------------------------------------------- same-named issuers (issue 13)
+
+def _no_key_ids(cn, issuer, issuer_key, profile, cmd=None):
+    key = pki.generate_key()
+    exts = pki.profile_extensions(profile) + ([(pki.albatross_extension(cmd), False)] if cmd else [])
+    return pki.issue(pki.cn_name(cn), key.public_key(), issuer.subject, issuer_key, exts, 3600, key_ids=False), key
+
+
+@pytest.mark.parametrize("order", ["old first", "new first"])
+def test_client_trusts_either_of_two_server_cas_of_the_same_name(world, capsys, order):
+    """--server-ca with a renewed CA beside the old one, both named 'ca'
+    (before: exit 116 'certificate signature failure' in one order)."""
+    old = Pki("ca")
+    pair = [old.ca, world.ca.ca] if order == "old first" else [world.ca.ca, old.ca]
+    pki.write_file(world.path("both.pem"), pki.pem_chain(pair))
+    assert remote(world, ROOT, INFO, server_ca=world.path("both.pem")) == 0
+    assert "no unikernels" in capsys.readouterr().out
+    # a server whose certificate the old CA's name but not its key vouches for is still refused
+    forged = Pki("ca")
+    _, port, shutdown = start_endpoint(server_context(world.ca.ca, [forged.server], forged.server_key), world.dir)
+    try:
+        assert remote(world, ROOT, INFO, server_ca=world.path("both.pem"), destination=f"127.0.0.1:{port}") == 120
+    finally:
+        shutdown()
+
+
+@pytest.mark.parametrize("order", ["signer first", "signer second"])
+def test_endpoint_tries_every_sent_sub_ca_of_the_same_name(world, order):
+    """A client chain with two sub-CAs named 'user' (old and renewed): the
+    endpoint follows the one that signed the leaf, and pushes its policy."""
+    small = Policy(2, frozenset({1}), 128, None, frozenset())
+    a, _ = _no_key_ids("user", world.ca.ca, world.ca.ca_key, pki.Profile.CA, m.PolicyAdd(P_USER))
+    b, b_key = _no_key_ids("user", world.ca.ca, world.ca.ca_key, pki.Profile.CA, m.PolicyAdd(small))
+    leaf, key = _no_key_ids("web", b, b_key, pki.Profile.LEAF, INFO)
+    replies, err = session(world, [leaf, b, a] if order == "signer first" else [leaf, a, b], key)
+    assert err is None and isinstance(replies[0].payload, m.UnikernelInfos)
+    assert world.fake.commands("vmmd") == [
+        Wire(Header(Name.of_path(("user",)), 0), m.PolicyAdd(small)),
+        Wire(Header(Name(("user",), "web"), 1), INFO),
+    ]
+def test_endpoint_refuses_a_leaf_no_sent_sub_ca_of_its_name_signed(world, caplog):
+    """Every path was tried and none holds: refused, nothing run (the verdict
+    comes after the handshake here, so the client sees the connection close
+    instead of an alert)."""
+    a, _ = _no_key_ids("user", world.ca.ca, world.ca.ca_key, pki.Profile.CA, m.PolicyAdd(P_USER))
+    b, _ = _no_key_ids("user", world.ca.ca, world.ca.ca_key, pki.Profile.CA, m.PolicyAdd(P_USER))
+    stray, stray_key = _no_key_ids("web", b, pki.generate_key(), pki.Profile.LEAF, INFO)
+    replies, _ = session(world, [stray, a, b], stray_key)
+    assert replies == []
+    assert "certificate signature failure" in caplog.text
+    assert world.fake.commands() == []
+    good_client_works(world)

@@ -120,12 +120,50 @@ def anchor_store(anchors: list[x509.Certificate]) -> crypto.X509Store:
     return store
 
 
+def _openssl_path(certs: list[x509.Certificate], anchors: list[x509.Certificate]) -> list[x509.Certificate]:
+    ctx = crypto.X509StoreContext(
+        anchor_store(anchors), crypto.X509.from_cryptography(certs[0]),
+        [crypto.X509.from_cryptography(c) for c in certs[1:]])
+    try:
+        return [c.to_cryptography() for c in ctx.get_verified_chain()]
+    except crypto.X509StoreContextError as e:
+        raise ChainError(f"certificate chain validation failed: {e}") from None
+
+
+MAX_CANDIDATE_PATHS = 16
+
+
+def candidate_paths(certs: list[x509.Certificate], anchors: list[x509.Certificate],
+                    limit: int = MAX_CANDIDATE_PATHS) -> list[tuple[list[x509.Certificate], x509.Certificate]]:
+    """Every (intermediates, anchor) an issuer-by-name walk from the leaf can
+    take (ocaml-x509 tries each certificate whose subject matches, where
+    OpenSSL picks the first): at most ``limit``, shortest first."""
+    leaf, pool = certs[0], certs[1:]
+    found: list[tuple[list[x509.Certificate], x509.Certificate]] = []
+    frontier: list[tuple[x509.Certificate, list[x509.Certificate]]] = [(leaf, [])]
+    while frontier and len(found) < limit:
+        nxt = []
+        for cert, used in frontier:
+            for a in anchors:
+                if a.subject == cert.issuer and len(found) < limit:
+                    found.append((used, a))
+            if len(used) + 2 >= MAX_CHAIN or pki.is_self_signed(cert):
+                continue
+            nxt += [(c, used + [c]) for c in pool
+                    if c.subject == cert.issuer and all(c is not u for u in used) and c is not cert]
+        frontier = nxt[:limit]
+    return found
+
+
 def validate_chain(certs: list[x509.Certificate], anchors: list[x509.Certificate],
                    tls_client: bool = False) -> list[x509.Certificate]:
     """Validate ``certs`` (leaf first) against ``anchors`` now.
 
     Returns the validated path, leaf first, without the trust anchor unless
     it was part of ``certs`` (ocaml-x509's result).  Raises ChainError.
+    When several anchors or sent certificates share a subject (a renewed
+    CA beside the old one), every path through them is tried, as
+    ocaml-x509 does; the first path's reason is reported when none holds.
     """
     if not certs:
         raise ChainError("empty certificate chain")
@@ -133,19 +171,27 @@ def validate_chain(certs: list[x509.Certificate], anchors: list[x509.Certificate
         pub = c.public_key()
         if isinstance(pub, rsa.RSAPublicKey) and pub.key_size < 1024:
             raise ChainError(f"{_describe(c)}: RSA key of {pub.key_size} bits is too small (minimum 1024)")
-    ctx = crypto.X509StoreContext(
-        anchor_store(anchors), crypto.X509.from_cryptography(certs[0]),
-        [crypto.X509.from_cryptography(c) for c in certs[1:]])
-    try:
-        verified = [c.to_cryptography() for c in ctx.get_verified_chain()]
-    except crypto.X509StoreContextError as e:
-        raise ChainError(f"certificate chain validation failed: {e}") from None
     sent = {_der(c) for c in certs}
-    if len(verified) > 1 and _der(verified[-1]) not in sent:
-        verified = verified[:-1]
-    for i, c in enumerate(verified):
-        check_path_cert(c, "leaf" if i == 0 else "issuer", tls_client=tls_client)
-    return verified
+
+    def checked(verified: list[x509.Certificate]) -> list[x509.Certificate]:
+        if len(verified) > 1 and _der(verified[-1]) not in sent:
+            verified = verified[:-1]
+        for i, c in enumerate(verified):
+            check_path_cert(c, "leaf" if i == 0 else "issuer", tls_client=tls_client)
+        return verified
+    try:
+        return checked(_openssl_path(certs, anchors))
+    except ChainError as e:
+        first = e
+    candidates = candidate_paths(certs, anchors)
+    if len(candidates) < 2:
+        raise first
+    for intermediates, anchor in candidates:
+        try:
+            return checked(_openssl_path([certs[0], *intermediates], [anchor]))
+        except ChainError:
+            continue
+    raise first
 
 
 # ----------------------------------------------------- albatross processing
@@ -292,6 +338,18 @@ def _verify_error(errno: int) -> str:
     return ffi.string(fn(errno)).decode() if fn is not None else f"error {errno}"
 
 
+_X509_V_ERR_CERT_SIGNATURE_FAILURE = 7
+
+
+class VerifyRecord(list):
+    """What the verify callback records on its connection: the first
+    reason of a refusal, and ``recheck`` when OpenSSL's path may have gone
+    through the wrong one of several same-named issuers (the whole chain
+    is then validated by :func:`validate_chain` after the handshake)."""
+
+    recheck = False
+
+
 def _verify_callback(anchors: list[x509.Certificate], tls_client: bool):
     anchor_ders = {_der(a) for a in anchors}
 
@@ -302,7 +360,16 @@ def _verify_callback(anchors: list[x509.Certificate], tls_client: bool):
     # callback therefore never raises: it records the reason on its own
     # connection (see TlsStream) and returns False.
     def callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        problems = None
         try:
+            problems = conn.get_app_data()
+            if getattr(problems, "recheck", False):
+                return True  # the whole chain is validated after the handshake
+            if not ok and errno == _X509_V_ERR_CERT_SIGNATURE_FAILURE and isinstance(problems, VerifyRecord):
+                # OpenSSL picks the first issuer by name; another of that
+                # name may be the signer: decide on the whole chain later
+                problems.recheck = True
+                return True
             if not ok:
                 raise ChainError(f"certificate verification failed at depth {depth}: {_verify_error(errno)}")
             c = cert.to_cryptography()
@@ -312,9 +379,12 @@ def _verify_callback(anchors: list[x509.Certificate], tls_client: bool):
                 check_path_cert(c, "issuer")
             return True
         except Exception as e:  # noqa: BLE001 - recorded per connection, never raised here
-            problems = conn.get_app_data()
             if isinstance(problems, list) and not problems:
-                problems.append(e if isinstance(e, ChainError) else ChainError(f"certificate check failed: {e}"))
+                # without its traceback: that would hold this frame, hence the
+                # connection, in a cycle only the garbage collector breaks (the
+                # megabytes of a large handshake "never returned")
+                problems.append(ChainError(e.message) if isinstance(e, ChainError)
+                                else ChainError(f"certificate check failed: {e}"))
             return False
     return callback
 
@@ -335,6 +405,7 @@ def server_context(ca: x509.Certificate, chain: list[x509.Certificate], key: pki
     store.add_cert(crypto.X509.from_cryptography(ca))
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
     ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback([ca], tls_client=True))
+    ctx.albatross_anchors = ([ca], True)
     return ctx
 
 
@@ -351,6 +422,7 @@ def client_context(chain: list[x509.Certificate], key: pki.PrivateKey,
         store.add_cert(crypto.X509.from_cryptography(a))
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
     ctx.set_verify(SSL.VERIFY_PEER, _verify_callback(server_cas, tls_client=False))
+    ctx.albatross_anchors = (list(server_cas), False)
     return ctx
 
 
@@ -365,8 +437,12 @@ class TlsClosed(AlbatrossError):
 
 
 class TlsStream:
-    """A pyOpenSSL connection over a non-blocking socket, used blockingly
-    with optional deadlines; framing helpers for albatross chunks."""
+    """A pyOpenSSL connection over memory BIOs on a non-blocking socket,
+    used blockingly with optional deadlines (poll, no select() fd limit),
+    or step by step from an event loop (:meth:`handshake_step`,
+    :meth:`feed`, :meth:`send_pending`); framing helpers for albatross
+    chunks.  Every byte read from the peer goes through :meth:`feed`, so
+    ``received`` is what the peer made us buffer."""
 
     def __init__(self, ctx: SSL.Context, sock: socket.socket, server: bool):
         sock.setblocking(False)
@@ -376,39 +452,153 @@ class TlsStream:
             except OSError:
                 pass
         self.sock = sock
-        self.conn = SSL.Connection(ctx, sock)
-        self.verify_problems: list[ChainError] = []
+        self.ctx = ctx
+        self.conn = SSL.Connection(ctx, None)
+        self.verify_problems = VerifyRecord()
         self.conn.set_app_data(self.verify_problems)
+        self.validated: list[x509.Certificate] | None = None
+        self.received = 0
+        self.eof = False
+        self.max_received: int | None = None  # cap on ``received`` (before authentication)
+        self._out = bytearray()
         if server:
             self.conn.set_accept_state()
         else:
             self.conn.set_connect_state()
 
+    # -- non-blocking primitives ----------------------------------------------
+    def _pump_out(self) -> None:
+        while True:
+            try:
+                data = self.conn.bio_read(1 << 16)
+            except SSL.WantReadError:
+                return
+            if not data:
+                return
+            self._out += data
+
+    def send_pending(self) -> bool:
+        """Send what TLS produced without blocking; True when nothing is left."""
+        self._pump_out()
+        while self._out:
+            try:
+                n = self.sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                return False
+            del self._out[:n]
+        return True
+
+    def feed(self, limit: int = 1 << 16) -> int:
+        """Read at most ``limit`` bytes from the socket into TLS without
+        blocking: their number, 0 at EOF, -1 when none are available."""
+        if self.eof:
+            return 0
+        try:
+            data = self.sock.recv(max(1, min(limit, 1 << 16)))
+        except (BlockingIOError, InterruptedError):
+            return -1
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            self.conn.bio_shutdown()
+            return 0
+        self.conn.bio_write(data)
+        self.received += len(data)
+        return len(data)
+
+    def handshake_step(self) -> bool:
+        """Advance the handshake with what was fed: True once complete.
+        Raises (the verify callback's reason first) on failure; call
+        :meth:`send_pending` afterwards in either case (alerts)."""
+        try:
+            self.conn.do_handshake()
+        except SSL.WantReadError:
+            if self.eof:
+                raise TlsClosed("connection closed during handshake") from None
+            return False
+        except SSL.Error:
+            self._pump_out()
+            if self.verify_problems:  # the precise reason of our own verify callback
+                raise ChainError(self.verify_problems[0].message) from None
+            raise
+        self._recheck()
+        return True
+
+    def _recheck(self) -> None:
+        """The whole chain, when the verify callback deferred to it."""
+        if not self.verify_problems.recheck:
+            return
+        anchors, tls_client = getattr(self.ctx, "albatross_anchors", ([], False))
+        peer = self.conn.get_peer_certificate()
+        if peer is None:
+            raise ChainError("no peer certificate")
+        leaf = peer.to_cryptography()
+        rest = [c.to_cryptography() for c in (self.conn.get_peer_cert_chain() or [])]
+        sent = [leaf] + [c for c in rest if _der(c) != _der(leaf)]
+        self.validated = validate_chain(sent, anchors, tls_client=tls_client)
+
+    # -- blocking use ------------------------------------------------------------
     def _wait(self, want_write: bool, deadline: float | None) -> None:
         timeout = None if deadline is None else deadline - time.monotonic()
         if timeout is not None and timeout <= 0:
             raise TlsTimeout("timeout")
-        r, w = ([], [self.sock]) if want_write else ([self.sock], [])
-        if not any(select.select(r, w, [], timeout)[:2]):
+        p = select.poll()
+        p.register(self.sock, select.POLLOUT if want_write else select.POLLIN)
+        if not p.poll(None if timeout is None else max(1, int(timeout * 1000 + 0.999))):
             raise TlsTimeout("timeout")
+
+    def _flush(self, deadline: float | None) -> None:
+        while not self.send_pending():
+            self._wait(True, deadline)
+
+    def _feed_limit(self) -> int:
+        if self.max_received is None:
+            return 1 << 16
+        left = self.max_received - self.received
+        if left <= 0:
+            raise ChainError(f"more than {self.max_received} bytes before authentication")
+        return left
 
     def _retry(self, fn, deadline: float | None):
         while True:
             try:
-                return fn()
+                result = fn()
             except SSL.WantReadError:
-                self._wait(False, deadline)
-            except SSL.WantWriteError:
-                self._wait(True, deadline)
+                self._flush(deadline)
+                while self.feed(self._feed_limit()) < 0:
+                    self._wait(False, deadline)
+                # what else is there already (up to 1 MiB): fewer, larger steps for
+                # OpenSSL, whose cost per step grows with a large handshake message
+                for _ in range(15):
+                    if self.feed(self._feed_limit()) <= 0:
+                        break
+                continue
+            except SSL.Error:
+                try:  # let the peer see our alert
+                    self._flush(time.monotonic() + 1 if deadline is None else min(deadline, time.monotonic() + 1))
+                except (TlsTimeout, OSError):
+                    pass
+                raise
+            self._flush(deadline)
+            return result
 
-    def handshake(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def handshake(self, timeout: float | None = None, deadline: float | None = None,
+                  max_received: int | None = None) -> None:
+        """Blocking handshake within ``timeout`` (or until ``deadline``),
+        the peer sending at most ``max_received`` bytes in all."""
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+        self.max_received = max_received
         try:
             self._retry(self.conn.do_handshake, deadline)
         except SSL.Error:
             if self.verify_problems:  # the precise reason of our own verify callback
-                raise self.verify_problems[0] from None
+                raise ChainError(self.verify_problems[0].message) from None
             raise
+        finally:
+            self.max_received = None
+        self._recheck()
 
     def recv(self, n: int = 65536, timeout: float | None = None) -> bytes:
         """Some bytes, b'' at EOF (clean or not)."""
@@ -418,7 +608,11 @@ class TlsStream:
         except SSL.ZeroReturnError:
             return b""
         except SSL.SysCallError as e:
-            if e.args and e.args[0] in (-1, 0):  # unexpected EOF
+            if self.eof or (e.args and e.args[0] in (-1, 0)):  # unexpected EOF
+                return b""
+            raise
+        except SSL.Error:
+            if self.eof:  # OpenSSL 3: "unexpected eof while reading"
                 return b""
             raise
 
@@ -432,9 +626,10 @@ class TlsStream:
         return bytes(buf)
 
     def sendall(self, data: bytes, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """``timeout``: the longest the peer may take to accept each piece."""
         view = memoryview(data)
         while view:
+            deadline = None if timeout is None else time.monotonic() + timeout
             piece = view[:1 << 16]
             sent = self._retry(lambda: self.conn.send(piece), deadline)
             view = view[sent:]
@@ -452,12 +647,14 @@ class TlsStream:
             raise FrameError(f"chunk of {length} bytes exceeds the maximum of {max_size} bytes")
         return self.recv_exact(length, timeout)
 
-    def write_chunk(self, body: bytes) -> None:
-        self.sendall(struct.pack(">i", len(body)) + body)
+    def write_chunk(self, body: bytes, timeout: float | None = None) -> None:
+        self.sendall(struct.pack(">i", len(body)) + body, timeout)
 
     def peer_chain(self) -> list[x509.Certificate]:
         """The validated peer chain, leaf first, without the trust anchor
         unless the peer sent it."""
+        if self.validated is not None:
+            return list(self.validated)
         verified = self.conn.get_verified_chain() or []
         chain = [c.to_cryptography() for c in verified]
         sent = {_der(c.to_cryptography()) for c in (self.conn.get_peer_cert_chain() or [])}
@@ -471,6 +668,10 @@ class TlsStream:
     def close(self) -> None:
         try:
             self.conn.shutdown()
+        except (SSL.Error, OSError):
+            pass
+        try:
+            self.send_pending()  # close_notify, best effort, never blocks
         except (SSL.Error, OSError):
             pass
         try:
