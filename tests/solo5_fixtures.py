@@ -13,8 +13,48 @@ unknown target.
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import subprocess
 from typing import Sequence
+
+# -- the real Solo5 tenders and test unikernels (../shared/solo5) -------------------
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the shared references beside the repository (ALBATROSS_SHARED overrides, e.g. in a worktree)
+SHARED = os.path.normpath(os.environ.get("ALBATROSS_SHARED") or os.path.join(_ROOT, "..", "shared"))
+SOLO5 = os.path.join(SHARED, "solo5")
+SOLO5_BIN = os.path.join(SOLO5, "bin")
+SOLO5_TESTS = os.path.join(SOLO5, "tests")
+
+
+def real_tender_missing(target: str = "hvt") -> str | None:
+    """Why the real ``solo5-TARGET`` cannot run a unikernel here (None: it can)."""
+    tender = os.path.join(SOLO5_BIN, f"solo5-{target}")
+    if not os.path.exists(tender):
+        return f"real Solo5 tenders not found at {SOLO5_BIN} (../shared/solo5)"
+    if target == "hvt" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "solo5-hvt needs /dev/kvm (read/write)"
+    p = subprocess.run([tender, "--version"], capture_output=True, text=True)
+    if p.returncode != 0:
+        return (f"solo5-{target} does not run here ({(p.stderr or p.stdout).strip()[:200]}); "
+                "scripts/setup installs libseccomp2")
+    return None
+
+
+def real_image(name: str, target: str = "hvt") -> str:
+    """The path of one of Solo5's test unikernels (test_hello, test_exit, ...)."""
+    return os.path.join(SOLO5_TESTS, f"{name}.{target}")
+
+
+def real_tender_path(target: str = "hvt") -> str | None:
+    """A PATH entry with the real tenders, or None when they cannot run here."""
+    return None if real_tender_missing(target) else SOLO5_BIN
+
+
+def have_command(name: str) -> bool:
+    return shutil.which(name) is not None
 
 TARGET_CODES = {"hvt": 1, "spt": 2, "virtio": 3, "muen": 4, "genode": 5, "xen": 6}
 TYPE_CODES = {"BLOCK_BASIC": 1, "NET_BASIC": 2}

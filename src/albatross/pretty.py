@@ -79,35 +79,47 @@ def _typ(t: str) -> str:
     return "BHyve" if t == "bhyve" else "solo5"
 
 
+def _config_parts(c: UnikernelConfig, verbose: bool = False) -> list[str]:
+    parts = [f"typ {_typ(c.typ)}", f"compression {str(c.compressed).lower()} image {len(c.image)} bytes",
+             f"fail behaviour {fail_behaviour(c.fail_behaviour)}", f"startup at {_opt(c.startup)}",
+             f"add_name {str(c.add_name).lower()}", f"CPUids {_cpus(c.cpuids)}", f"{c.memory} MB memory",
+             f"block devices {', '.join(_block(b) for b in c.block_devices)}",
+             f"bridge {', '.join(_bridge(n) for n in c.bridges)}", f"#cpus {c.numcpus}",
+             f"linux_boot {_opt(c.linux_boot_partition)}"]
+    return parts + [_argv(c.argv)] if verbose else parts
+
+
 def config(c: UnikernelConfig, verbose: bool = False) -> str:
-    s = (f"typ {_typ(c.typ)} compression {str(c.compressed).lower()} image {len(c.image)} bytes "
-         f"fail behaviour {fail_behaviour(c.fail_behaviour)} startup at {_opt(c.startup)} "
-         f"add_name {str(c.add_name).lower()} CPUids {_cpus(c.cpuids)} {c.memory} MB memory "
-         f"block devices {', '.join(_block(b) for b in c.block_devices)} "
-         f"bridge {', '.join(_bridge(n) for n in c.bridges)} #cpus {c.numcpus} "
-         f"linux_boot {_opt(c.linux_boot_partition)}")
-    return s + " " + _argv(c.argv) if verbose else s
+    return " ".join(_config_parts(c, verbose))
+
+
+def _arguments_parts(a: UnikernelArguments, verbose: bool = False) -> list[str]:
+    parts = [f"fail behaviour {fail_behaviour(a.fail_behaviour)}", f"startup at {_opt(a.startup)}",
+             f"add_name {str(a.add_name).lower()}", f"CPUids {_cpus(a.cpuids)}", f"{a.memory} MB memory",
+             f"block devices {', '.join(_block(b) for b in a.block_devices)}",
+             f"bridge {', '.join(_bridge(n) for n in a.bridges)}", f"#cpus {a.numcpus}",
+             f"linux_boot_partition {_opt(a.linux_boot_partition)}"]
+    return parts + [_argv(a.argv)] if verbose else parts
 
 
 def arguments(a: UnikernelArguments, verbose: bool = False) -> str:
-    s = (f"fail behaviour {fail_behaviour(a.fail_behaviour)} startup at {_opt(a.startup)} "
-         f"add_name {str(a.add_name).lower()} CPUids {_cpus(a.cpuids)} {a.memory} MB memory "
-         f"block devices {', '.join(_block(b) for b in a.block_devices)} "
-         f"bridge {', '.join(_bridge(n) for n in a.bridges)} #cpus {a.numcpus} "
-         f"linux_boot_partition {_opt(a.linux_boot_partition)}")
-    return s + " " + _argv(a.argv) if verbose else s
+    return " ".join(_arguments_parts(a, verbose))
 
 
-def info(i: UnikernelInfo, verbose: bool = False) -> str:
+def _info_parts(i: UnikernelInfo, verbose: bool = False) -> list[str]:
     blocks = ", ".join(f"{b.unikernel_device} -> {b.host_device} (sector-size: {b.sector_size} bytes, "
                        f"size {b.size} MB)" for b in i.block_devices)
     nets = ", ".join(f"{n.unikernel_device} -> {n.host_device} (mac {mac_to_string(n.mac)})" for n in i.bridges)
     digest = f"bhyve-vmname {i.digest.decode('utf-8', 'replace')}" if i.typ == "bhyve" else f"digest {i.digest.hex()}"
-    s = (f"typ {_typ(i.typ)} started {i.started.rfc3339_upstream()} "
-         f"fail behaviour {fail_behaviour(i.fail_behaviour)} startup at {_opt(i.startup)} "
-         f"CPUids {_cpus(i.cpuids)} {i.memory} MB memory block devices {blocks} bridge {nets} "
-         f"{digest} #cpus {i.numcpus} linux_boot_partition {_opt(i.linux_boot_partition)}")
-    return s + " " + _argv(i.argv) if verbose else s
+    parts = [f"typ {_typ(i.typ)}", f"started {i.started.rfc3339_upstream()}",
+             f"fail behaviour {fail_behaviour(i.fail_behaviour)}", f"startup at {_opt(i.startup)}",
+             f"CPUids {_cpus(i.cpuids)}", f"{i.memory} MB memory", f"block devices {blocks}", f"bridge {nets}",
+             digest, f"#cpus {i.numcpus}", f"linux_boot_partition {_opt(i.linux_boot_partition)}"]
+    return parts + [_argv(i.argv)] if verbose else parts
+
+
+def info(i: UnikernelInfo, verbose: bool = False) -> str:
+    return " ".join(_info_parts(i, verbose))
 
 
 def rusage(r: Rusage) -> str:
@@ -138,6 +150,20 @@ def stats(s: Stats) -> str:
     return "\n".join([rusage(s.rusage), mem, vmm, "\n\n".join(ifdata(i) for i in s.ifdata)])
 
 
+def _command_parts(c: m.Cmd, verbose: bool = False) -> list[str]:
+    """A command as pieces between upstream's break hints (``@ ``)."""
+    match c:
+        case m.UnikernelCreate(cfg, force):
+            parts = _config_parts(cfg, verbose)
+            return [("unikernel force create " if force else "unikernel create ") + parts[0], *parts[1:]]
+        case m.UnikernelRestart(args) if args is not None:
+            parts = _arguments_parts(args, verbose)
+            return ["unikernel restart " + parts[0], *parts[1:]]
+        case m.UnikernelRestart():
+            return ["unikernel restart"]
+    return [command(c, verbose)]
+
+
 def command(c: m.Cmd, verbose: bool = False) -> str:
     match c:
         case m.ConsoleAdd(n):
@@ -162,10 +188,8 @@ def command(c: m.Cmd, verbose: bool = False) -> str:
             return "old unikernel info4"
         case m.OldUnikernelInfo5():
             return "old unikernel info5"
-        case m.UnikernelCreate(cfg, force):
-            return ("unikernel force create " if force else "unikernel create ") + config(cfg, verbose)
-        case m.UnikernelRestart(args):
-            return "unikernel restart" + ("" if args is None else " " + arguments(args, verbose))
+        case m.UnikernelCreate() | m.UnikernelRestart():
+            return " ".join(_command_parts(c, verbose))
         case m.UnikernelDestroy():
             return "unikernel destroy"
         case m.UnikernelGet(level):
@@ -235,16 +259,69 @@ def data(d: m.Data) -> str:
     return repr(d)
 
 
-def wire(w: m.Wire, verbose: bool = False) -> str:
+def _wire_boxes(w: m.Wire, verbose: bool = False) -> list[list[str]]:
+    """``w`` as upstream's pretty-printer sees it: one box per line of a list
+    reply, each box the pieces between its break hints."""
     name = w.header.name.pretty()
     p = w.payload
     if isinstance(p, m.Cmd):
-        return f"host {name}: {command(p, verbose)}"
+        parts = _command_parts(p, verbose)
+        return [[f"host {name}: {parts[0]}", *parts[1:]]]
     if isinstance(p, m.Failure):
-        return f"host {name}: command failed {p.message}"
+        return [[f"host {name}: command failed {p.message}"]]
+    if isinstance(p, m.UnikernelInfos) and p.unikernels:
+        boxes = [[f"{n.pretty()}: {parts[0]}", *parts[1:]]
+                 for n, i in p.unikernels for parts in [_info_parts(i, verbose)]]
+        boxes[0][0] = f"host {name}: {boxes[0][0]}"
+        return boxes
     if isinstance(p, m.Reply):
-        return f"host {name}: {success(p, verbose)}"
-    return data(p)
+        return [[f"host {name}: {success(p, verbose)}"]]
+    return [[data(p)]]
 
 
-__all__ = ["wire", "success", "command", "data", "config", "info", "policy", "escaped", "Name"]
+def wire(w: m.Wire, verbose: bool = False) -> str:
+    """``w`` on one line per list element (for logs and messages)."""
+    return "\n".join(" ".join(box) for box in _wire_boxes(w, verbose))
+
+
+#: the right margin of OCaml's Format (upstream prints through it)
+MARGIN = 78
+
+
+def fill(parts: list[str], column: int = 0, margin: int = MARGIN) -> str:
+    """Join ``parts`` with spaces, breaking lines as OCaml's Format does for a
+    box opened at ``column`` whose break hints (``@ ``) separate the parts: a
+    hint becomes a newline (indented to ``column``) when the next part would
+    not fit before the margin (a line reaching the margin counts as too long,
+    like Format's look-ahead).  Lengths are in bytes, as in OCaml."""
+    out = [parts[0]]
+    col = column + len(parts[0].rsplit("\n", 1)[-1].encode())
+    for part in parts[1:]:
+        n = len(part.encode())
+        if col + 1 + n >= margin:
+            out.append("\n" + " " * column + part)
+            col = column + n
+        else:
+            out.append(" " + part)
+            col += 1 + n
+    return "".join(out)
+
+
+def wire_wrapped(w: m.Wire, verbose: bool = False, column: int = 0) -> str:
+    """``w`` exactly as upstream's client prints it (wrapped at the margin)."""
+    boxes = _wire_boxes(w, verbose)
+    return "\n".join(fill(box, column if k == 0 else 0) for k, box in enumerate(boxes))
+
+
+def config_wrapped(prefix: str, c: UnikernelConfig, verbose: bool = False) -> str:
+    """``prefix`` and ``c`` as upstream's inspect-dump / extract-dump print them."""
+    parts = _config_parts(c, verbose)
+    return fill([prefix + parts[0], *parts[1:]])
+
+
+def command_wrapped(prefix: str, c: m.Cmd, verbose: bool = False) -> str:
+    parts = _command_parts(c, verbose)
+    return fill([prefix + parts[0], *parts[1:]])
+
+
+__all__ = ["wire", "wire_wrapped", "config_wrapped", "command_wrapped", "fill", "success", "command", "data", "config", "info", "policy", "escaped", "Name"]

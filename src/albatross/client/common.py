@@ -294,7 +294,7 @@ class ReplyHandler:
             error(f"received unexpected command {pretty.wire(w, verbose())}")
             return INTERNAL_ERROR
         if isinstance(p, m.Reply):
-            app(pretty.wire(w, verbose()))
+            app(pretty.wire_wrapped(w, verbose()))
             if isinstance(p, (m.UnikernelImage, m.OldBlockDeviceImage)):
                 blob = p.image if isinstance(p, m.UnikernelImage) else p.data
                 self._write_file(w.header.name, p.compressed, blob)

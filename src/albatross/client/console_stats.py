@@ -11,7 +11,7 @@ from ..core import Ptime
 from ..errors import AlbatrossError
 from ..policy.names import ROOT, Name, path_of_string
 from ..wire import messages as m
-from .common import CliError, parse_name, run_command, target_options
+from .common import CliError, Exit, parse_name, run_command, target_options
 
 
 def parse_since(s: str) -> Ptime:
@@ -60,7 +60,12 @@ def register(cli: click.Group) -> None:
     def console(name: str, since: str | None, count: int, target) -> int:
         """Displays the console output of a unikernel."""
         cmd = m.ConsoleSubscribe(since=parse_since(since)) if since is not None else m.ConsoleSubscribe(count=count)
-        return run_command(target, parse_name(name), cmd)
+        try:
+            return run_command(target, parse_name(name), cmd)
+        except KeyboardInterrupt:
+            # Ctrl-C ends the stream: exit 130 quietly (click would turn the
+            # interrupt into Abort, exit 124, after printing a blank line)
+            raise Exit(130) from None
 
     @cli.command("inactive-consoles")
     @click.option("-p", "--path", default="", help="Path to unikernels.")

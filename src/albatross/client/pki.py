@@ -42,7 +42,7 @@ def sign(cacert: str, db: str, cakey: str, csr_file: str, days: int | None) -> i
         for w in signed.warnings:
             warn(w)
         if signed.command is not None:
-            app(f"signing {pretty.command(signed.command)}")
+            app(pretty.command_wrapped("signing ", signed.command))
         pki.append_db(db, signed.cert, signed.certname)
         pki.write_file(signed.certname + ".pem", pki.pem_chain(signed.chain))
     except AlbatrossError as e:

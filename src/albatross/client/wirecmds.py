@@ -109,7 +109,7 @@ def register(cli: click.Group) -> None:
         st = _read_state(file, dbdir)
         app(f"parsed {len(st.unikernels)} unikernels:")
         for name, cfg in st.unikernels:
-            app(f"{name.pretty()}: {pretty.config(cfg)}")
+            app(pretty.config_wrapped(f"{name.pretty()}: ", cfg))
         app(f"parsed {len(st.policies)} policies:")
         for name, pol in st.policies:
             app(f"{name.pretty()}: {pretty.policy(pol)}")
@@ -137,7 +137,7 @@ def register(cli: click.Group) -> None:
                 with open(path, "wb") as fh:
                     fh.write(image)
                 app(f"dumped image to {path}")
-                app(pretty.config(cfg, verbose=True))
+                app(pretty.config_wrapped("", cfg, verbose=True))
                 return 0
         error("unikernel not found")
         raise Exit(CLI_FAILED)
