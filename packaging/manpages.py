@@ -2,7 +2,7 @@
 """Write the man pages of albatross' programs, generated from their click
 definitions (the same text as ``--help``).
 
-    python3 packaging/manpages.py OUTDIR
+    python3 packaging/manpages.py MANDIR      # writes MANDIR/man1, MANDIR/man8
 
 Pages: albatross-client(1) with its command list, albatross-client-COMMAND(1)
 for every command, and albatrossd(8), albatross-console(8),
@@ -150,13 +150,14 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    outdir = Path(argv[0])
-    outdir.mkdir(parents=True, exist_ok=True)
+    mandir = Path(argv[0])
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     when = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
     for name, text in pages(when.strftime("%Y-%m-%d")).items():
-        (outdir / name).write_text(text)
-        print(outdir / name)
+        path = mandir / f"man{name.rsplit('.', 1)[1]}" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(path)
     return 0
 
 

@@ -101,10 +101,10 @@ done
 # --- man pages and bash completion, generated from the click definitions
 man=$stage/man
 PYTHONPATH=$src/src "$PYTHON" "$src/packaging/manpages.py" "$man" >/dev/null
-for p in "$man"/*.1; do gzip -9n <"$p" >"$root/usr/share/man/man1/${p##*/}.gz"; done
-for p in "$man"/*.8; do gzip -9n <"$p" >"$root/usr/share/man/man8/${p##*/}.gz"; done
-PYTHONPATH=$src/src _ALBATROSS_CLIENT_COMPLETE=bash_source "$PYTHON" -c \
-	'import sys; from albatross.client import main; sys.argv[0] = "albatross-client"; main()' \
+for p in "$man"/man1/*.1 "$man"/man8/*.8; do
+	s=${p%/*}; gzip -9n <"$p" >"$root/usr/share/man/${s##*/}/${p##*/}.gz"
+done
+PYTHONPATH=$src/src _ALBATROSS_CLIENT_COMPLETE=bash_source "$PYTHON" -m albatross.client \
 	>"$root/usr/share/bash-completion/completions/albatross-client"
 grep -q _ALBATROSS_CLIENT_COMPLETE "$root/usr/share/bash-completion/completions/albatross-client"
 
