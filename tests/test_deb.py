@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -242,18 +243,28 @@ def test_man_pages_and_completion(installed):
 
 
 def unit_exec(root: Root, unit: str, key: str) -> list[list[str]]:
+    """The unit's command lines: %t is /run, ${VAR} from its Environment=."""
     text = root.path(f"{UNITDIR}/{unit}").read_text()
-    return [shlex.split(v.replace("%t", "/run")) for v in re.findall(rf"^{key}=(.*)$", text, re.M)]
+    env = dict(a.split("=", 1) for v in re.findall(r"^Environment=(.*)$", text, re.M) for a in shlex.split(v))
+    return [[re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a) for a in shlex.split(v.replace("%t", "/run"))]
+            for v in re.findall(rf"^{key}=(.*)$", text, re.M)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def unit_value(root: Root, unit: str, key: str) -> str:
     return re.search(rf"^{key}=(.*)$", root.path(f"{UNITDIR}/{unit}").read_text(), re.M).group(1)
 
 
-def activate(root: Root, service: str, tmp_path: Path) -> subprocess.Popen:
+def activate(root: Root, service: str, tmp_path: Path, listen: str | None = None) -> subprocess.Popen:
     """Start ``service`` as its installed unit does (its socket, User=,
     Group=, ExecStart=) through systemd-socket-activate, in the root."""
-    listen = unit_value(root, service.replace(".service", ".socket"), "ListenStream").replace("%t", "/run")
+    if listen is None:
+        listen = unit_value(root, service.replace(".service", ".socket"), "ListenStream").replace("%t", "/run")
     (argv,) = unit_exec(root, service, "ExecStart")
     user, group = unit_value(root, service, "User"), unit_value(root, service, "Group")
     log = tmp_path / f"{service}.log"
@@ -267,10 +278,20 @@ def activate(root: Root, service: str, tmp_path: Path) -> subprocess.Popen:
         assert p.poll() is None, log.read_text()
         assert time.monotonic() < deadline, f"{service}: no socket: {log.read_text()}"
         time.sleep(0.02)
+    if listen.startswith("/"):
+        # what systemd does with the socket unit's SocketUser=, SocketGroup=, SocketMode=
+        sock = root.path(f"{UNITDIR}/{service.replace('.service', '.socket')}").read_text()
+        owner = [re.search(rf"^Socket{k}=(.*)$", sock, re.M) for k in ("User", "Group")]
+        mode = re.search(r"^SocketMode=(.*)$", sock, re.M)
+        root.ok("chown", f"{owner[0].group(1) if owner[0] else 'root'}:{owner[1].group(1) if owner[1] else 'root'}",
+                listen)
+        root.ok("chmod", mode.group(1) if mode else "0666", listen)
     return p
 
 
 def test_socket_activated_daemons_answer_the_client(installed, tmp_path):
+    """albatross-console, albatrossd and albatross-tls-endpoint as installed,
+    each answering albatross-client."""
     if shutil.which("systemd-socket-activate") is None:
         pytest.skip("systemd-socket-activate not installed (Debian package systemd)")
     root = installed
@@ -288,6 +309,20 @@ def test_socket_activated_daemons_answer_the_client(installed, tmp_path):
     assert "no unikernels" in res.stdout, res.stdout
     log = (tmp_path / "albatross_daemon.service.log").read_text()
     assert "Traceback" not in log, log
+    # remote access on Debian's python3-cryptography and python3-openssl: a CA
+    # and server certificate from the installed client where the unit expects
+    # them (readable by User=albatross), the endpoint on a loopback port
+    # instead of the unit's 1025, and a remote info through it
+    root.ok("sh", "-ec", "mkdir -p /root/pki && cd /root/pki && albatross-client generate admin db && "
+            "install -d /etc/albatross && install -o albatross -g albatross -m 0400 cacert.pem server.pem "
+            "server.key /etc/albatross/")
+    port = free_port()
+    activate(root, "albatross_tls_endpoint.service", tmp_path, listen=f"127.0.0.1:{port}")
+    res = root.run("sh", "-c", f"cd /root/pki && albatross-client info --destination=127.0.0.1:{port} "
+                   "--ca=cacert.pem --ca-key=admin.key --server-ca=cacert.pem", timeout=60)
+    tls_log = (tmp_path / "albatross_tls_endpoint.service.log").read_text()
+    assert res.returncode == 0, res.stdout + res.stderr + tls_log
+    assert "no unikernels" in res.stdout, res.stdout
 
 
 def test_remove(installed):
