@@ -8,7 +8,8 @@
 # Environment: PYTHON (default: the checkout's .venv/bin/python if present,
 # else /usr/bin/python3) runs the generators of the man pages and of the
 # bash completion; it needs click and albatross' dependencies importable.
-# SOURCE_DATE_EPOCH (default: the last commit's date) sets the timestamps.
+# SOURCE_DATE_EPOCH (default: the last commit's date) sets the timestamps;
+# DEB_MAINTAINER the Maintainer field.
 set -eu
 
 src=$(cd "$(dirname "$0")/../.." && pwd)
@@ -110,7 +111,9 @@ grep -q _ALBATROSS_CLIENT_COMPLETE "$root/usr/share/bash-completion/completions/
 
 # --- documentation
 date=$(date -u -R -d "@$SOURCE_DATE_EPOCH")
-sed -e "s/@VERSION@/$version/" -e "s/@DATE@/$date/" "$deb/changelog.in" | gzip -9n >"$doc/changelog.Debian.gz"
+maintainer=${DEB_MAINTAINER:-albatross Python port authors <albatross@localhost>}
+sed -e "s/@VERSION@/$version/" -e "s/@DATE@/$date/" -e "s|@MAINTAINER@|$maintainer|" "$deb/changelog.in" |
+	gzip -9n >"$doc/changelog.gz"
 {
 	echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
 	echo "Upstream-Name: albatross"
@@ -126,7 +129,7 @@ gzip -9n <"$src/packaging/README.md" >"$doc/README.packaging.md.gz"
 # --- control files
 for s in postinst prerm postrm; do install -m 0755 "$deb/$s" "$root/DEBIAN/$s"; done
 size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
-sed -e "s/@VERSION@/$version/" -e "s/@SIZE@/$size/" "$deb/control.in" >"$root/DEBIAN/control"
+sed -e "s/@VERSION@/$version/" -e "s/@SIZE@/$size/" -e "s|@MAINTAINER@|$maintainer|" "$deb/control.in" >"$root/DEBIAN/control"
 (cd "$root" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort |
 	xargs md5sum) >"$root/DEBIAN/md5sums"
 
