@@ -139,8 +139,9 @@ def installed(deb, tmp_path_factory):
     if missing:
         pytest.skip(f"the package's dependencies are not installed on this machine: {' '.join(missing)} "
                     "(scripts/setup installs them as root)")
-    assert not Path("/usr/lib/python3/dist-packages/albatross").exists(), \
-        "albatross is installed on this machine itself: the throwaway root would not show the package's files"
+    if Path("/usr/lib/python3/dist-packages/albatross").exists():
+        pytest.skip("albatross is installed on this machine itself: the throwaway root would not show "
+                    "what the package installs")
     before = host_user()
     root = Root(tmp_path_factory.mktemp("root"))
     root.host_user = before
@@ -232,6 +233,8 @@ def test_client_version_from_installed_tree(installed):
 
 
 def test_man_pages_and_completion(installed):
+    if installed.run("man", "--version").returncode != 0:
+        pytest.skip("man (Debian package man-db) not installed")
     for page in ("albatross-client", "albatross-client-create", "albatrossd", "albatross-console"):
         installed.ok("man", "-w", page)
     text = installed.ok("man", "-P", "cat", "albatrossd", env={**os.environ, "MANWIDTH": "80"})
