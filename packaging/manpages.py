@@ -26,7 +26,7 @@ from albatross import __version__
 from albatross.client import cli
 from albatross.client import common as client_common
 
-#: program -> (module of the daemon's click command, one-line summary)
+#: daemon program -> module defining its click ``command``
 DAEMONS = {
     "albatrossd": "albatross.daemons.albatrossd",
     "albatross-console": "albatross.daemons.console",
