@@ -61,6 +61,8 @@ Linux|linux)
 	libexecdir=/usr/libexec/albatross
 	clientdir=/usr/bin
 	dbdir=/var/lib/albatross
+	mandir=/usr/share/man
+	compdir=/usr/share/bash-completion/completions
 	nologin=/usr/sbin/nologin
 	;;
 FreeBSD|freebsd)
@@ -69,6 +71,8 @@ FreeBSD|freebsd)
 	libexecdir=/usr/local/libexec/albatross
 	clientdir=/usr/local/sbin
 	dbdir=/var/db/albatross
+	mandir=/usr/local/share/man
+	compdir=/usr/local/share/bash-completion/completions
 	rcdir=/usr/local/etc/rc.d
 	nologin=/usr/sbin/nologin
 	;;
@@ -84,12 +88,28 @@ run() {
 	[ -n "$dry" ] || "$@"
 }
 
+# relocate_venv: a venv staged in DESTDIR$PREFIX runs from PREFIX once
+# moved there. pip wrote DESTDIR$PREFIX into the scripts' shebangs, the
+# activate scripts and pyvenv.cfg, and the compiled files' source paths.
+relocate_venv() {
+	for f in "$destdir$prefix"/bin/* "$destdir$prefix/pyvenv.cfg"; do
+		[ -f "$f" ] && [ ! -L "$f" ] && grep -qF "$destdir$prefix" "$f" || continue
+		echo "+ rewrite $destdir$prefix to $prefix in $f"
+		[ -n "$dry" ] && continue
+		sed "s|$destdir$prefix|$prefix|g" "$f" >"$f.relocate"
+		cat "$f.relocate" >"$f"
+		rm -f "$f.relocate"
+	done
+	run "$destdir$prefix/bin/python" -m compileall -q -f -s "$destdir" -p / "$destdir$prefix/lib"
+}
+
 # --- the Python package ------------------------------------------------
 if [ "$venv" = yes ]; then
 	if [ ! -x "$destdir$prefix/bin/python" ]; then
 		run "${PYTHON:-python3}" -m venv "$destdir$prefix"
 	fi
 	run "$destdir$prefix/bin/pip" install --quiet "$src"
+	[ -z "$destdir" ] || relocate_venv
 fi
 
 # --- programs ----------------------------------------------------------
@@ -98,6 +118,27 @@ for d in $daemons; do
 	run ln -sfn "$prefix/bin/$d" "$destdir$libexecdir/$d"
 done
 run ln -sfn "$prefix/bin/albatross-client" "$destdir$clientdir/albatross-client"
+
+# --- man pages and bash completion (from the click definitions) ---------
+install_docs() {
+	py=$destdir$prefix/bin/python
+	[ -x "$py" ] || [ -n "$dry" ] || py=$prefix/bin/python
+	if [ -z "$dry" ] && ! "$py" -c 'import albatross.client' >/dev/null 2>&1; then
+		echo "# $py cannot import albatross: no man pages and no completion installed"
+		return 0
+	fi
+	run "$py" "$src/packaging/manpages.py" "$destdir$mandir"
+	for s in 1 8; do
+		set -- "$destdir$mandir/man$s/"albatross*."$s"
+		[ -e "$1" ] || [ -n "$dry" ] || continue
+		run gzip -9nf "$@"
+	done
+	run mkdir -p "$destdir$compdir"
+	echo "+ _ALBATROSS_CLIENT_COMPLETE=bash_source $py -m albatross.client >$destdir$compdir/albatross-client"
+	[ -n "$dry" ] || _ALBATROSS_CLIENT_COMPLETE=bash_source "$py" -m albatross.client \
+		>"$destdir$compdir/albatross-client"
+}
+install_docs
 
 # --- user, group and database directory --------------------------------
 user_exists() { getent passwd albatross >/dev/null 2>&1; }

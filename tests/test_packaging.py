@@ -757,3 +757,89 @@ def test_install_into_fresh_venv(tmp_path):
                  "albatross-tls-endpoint", "albatross-client"):
         assert os.access(venv_bin / prog, os.X_OK), prog
     assert os.readlink(root / "usr/libexec/albatross/albatrossd") == "/opt/albatross/bin/albatrossd"
+
+
+def _files_mentioning(root: Path, needle: str) -> list[str]:
+    """Files (and symlinks) below root whose content or target contains needle."""
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+            p = os.path.join(dirpath, name)
+            if os.path.islink(p):
+                if needle in os.readlink(p):
+                    found.append(p)
+            elif needle.encode() in Path(p).read_bytes():
+                found.append(p)
+    return found
+
+
+def test_install_destdir_is_relocatable(tmp_path):
+    """A venv staged with --destdir names only its final place (shebangs,
+    pyvenv.cfg, activate scripts, compiled files), and runs once moved there."""
+    stage, final = tmp_path / "stage", tmp_path / "final"
+    res = _install("--destdir", str(stage), "--prefix", str(final), "--os", "linux", env={"PIP_NO_DEPS": "1"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    staged = stage / str(final).lstrip("/")
+    assert (staged / "pyvenv.cfg").exists()
+    assert _files_mentioning(stage, str(stage)) == []
+    scripts = ["albatrossd", "albatross-console", "albatross-stats", "albatross-influx",
+               "albatross-tls-endpoint", "albatross-client"]
+    for prog in scripts:
+        head = (staged / "bin" / prog).read_text().splitlines()[:2]
+        # pip writes a /bin/sh trampoline when the interpreter's path is long
+        tramp = re.match("'''exec' \"?([^\" ]+)", head[1])
+        interp = tramp.group(1) if head[0] == "#!/bin/sh" and tramp else head[0][2:]
+        assert re.fullmatch(rf"{re.escape(str(final))}/bin/python3?(\.\d+)?", interp), head
+    assert os.readlink(stage / "usr/libexec/albatross/albatrossd") == f"{final}/bin/albatrossd"
+    staged.rename(final)
+    out = subprocess.run([str(final / "bin" / "python"), "-c",
+                          "import sys, albatross; print(sys.prefix); print(albatross.__file__)"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == str(final)
+    assert out[1].startswith(f"{final}/lib/")
+
+
+def _man_text(path: Path) -> str:
+    import gzip
+    return gzip.decompress(path.read_bytes()).decode().replace("\\-", "-")
+
+
+def test_install_man_pages_and_completion(tmp_path):
+    """Man pages for every program and client command, generated from the
+    click definitions, and the bash completion script (here from this
+    test's environment: --no-venv --prefix)."""
+    import click
+
+    from albatross.client import cli
+    root = tmp_path / "root"
+    res = _install("--destdir", str(root), "--no-venv", "--prefix", sys.prefix, "--os", "linux")
+    assert res.returncode == 0, res.stdout + res.stderr
+    man = root / "usr/share/man"
+    commands = sorted(n for n, c in cli.commands.items() if not c.hidden)
+    assert sorted(p.name for p in (man / "man1").iterdir()) == sorted(
+        ["albatross-client.1.gz"] + [f"albatross-client-{c}.1.gz" for c in commands])
+    daemons = {"albatrossd": "albatrossd", "albatross-console": "console", "albatross-stats": "stats",
+               "albatross-influx": "influx", "albatross-tls-endpoint": "tls_endpoint"}
+    assert sorted(p.name for p in (man / "man8").iterdir()) == sorted(f"{d}.8.gz" for d in daemons)
+    pages = {f"albatross-client-{c}.1.gz": cli.commands[c] for c in commands}
+    for prog, module in daemons.items():
+        pages[f"{prog}.8.gz"] = __import__(f"albatross.daemons.{module}", fromlist=["command"]).command
+    for name, command in pages.items():
+        text = _man_text(man / f"man{name[-4]}" / name)
+        assert text.startswith(f'.TH "{name[:-5].upper()}" "{name[-4]}" '), text[:80]
+        for p in command.params:
+            if isinstance(p, click.Option) and not p.hidden:
+                assert max(p.opts, key=len) in text, (name, p.opts)
+    main_page = _man_text(man / "man1/albatross-client.1.gz")
+    for c in commands:
+        assert f"\\fB{c}\\fR" in main_page
+    assert ".SH EXIT STATUS" in main_page and "\n124\n" in main_page
+    comp = (root / "usr/share/bash-completion/completions/albatross-client").read_text()
+    assert "_ALBATROSS_CLIENT_COMPLETE=bash_complete" in comp
+    assert "complete -o nosort -F _albatross_client_completion albatross-client" in comp
+    if shutil.which("man"):
+        for page in (man / "man1/albatross-client-create.1.gz", man / "man8/albatrossd.8.gz"):
+            r = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True,
+                               env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": ""})
+            assert r.returncode == 0 and r.stderr == "", r.stderr
+            assert "OPTIONS" in r.stdout

@@ -325,10 +325,17 @@ def _raise_max_cert_list(ctx: SSL.Context, limit: int) -> bool:
 
 
 def _use_chain(ctx: SSL.Context, chain: list[x509.Certificate], key: pki.PrivateKey) -> None:
-    ctx.use_certificate(chain[0])
-    for c in chain[1:]:
-        ctx.add_extra_chain_cert(c)
-    ctx.use_privatekey(key)
+    try:
+        ctx.use_certificate(chain[0])
+    except TypeError:  # older pyOpenSSL (Debian 12: 23.0) takes only its own X509 and PKey
+        ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+        for c in chain[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(c))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+    else:
+        for c in chain[1:]:
+            ctx.add_extra_chain_cert(c)
+        ctx.use_privatekey(key)
     ctx.check_privatekey()
 
 

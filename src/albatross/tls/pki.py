@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import os
+import re
 import secrets
 import warnings
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
 from ..core import Policy
 from ..errors import AlbatrossError
@@ -395,7 +396,7 @@ def _read(path: str, what: str) -> bytes:
 
 def load_certs(path: str) -> list[x509.Certificate]:
     try:
-        certs = x509.load_pem_x509_certificates(_read(path, "certificate file"))
+        certs = _load_pem_certificates(_read(path, "certificate file"))
     except ValueError as e:
         raise PkiError(f"couldn't decode certificates in {path}: {e}") from None
     if not certs:
@@ -460,7 +461,45 @@ def check_size(cert: x509.Certificate, max_size: int = MAX_CERT_SIZE) -> None:
 
 def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
-        cert.verify_directly_issued_by(issuer)
+        if hasattr(cert, "verify_directly_issued_by"):
+            cert.verify_directly_issued_by(issuer)
+        else:
+            _verify_directly_issued_by(cert, issuer)
         return True
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
+
+
+# --- cryptography < 40 (Debian 12 ships 38): what newer versions provide ---
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.S)
+
+
+def _load_pem_certificates(data: bytes) -> list[x509.Certificate]:
+    """``x509.load_pem_x509_certificates`` (cryptography >= 39), or the PEM
+    blocks one by one where it does not exist."""
+    if hasattr(x509, "load_pem_x509_certificates"):
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_pem_x509_certificate(block) for block in _PEM_CERT.findall(data)]
+
+
+def _verify_directly_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
+    """``Certificate.verify_directly_issued_by`` (cryptography >= 40) for the
+    key types albatross uses: issuer name and signature (PKCS#1 v1.5 for RSA;
+    RSA-PSS is refused).  Raises ValueError, TypeError or InvalidSignature."""
+    if cert.issuer != issuer.subject:
+        raise ValueError("issuer name does not match the issuer's subject")
+    key = issuer.public_key()
+    hash_alg = cert.signature_hash_algorithm
+    if isinstance(key, rsa.RSAPublicKey):
+        if cert.signature_algorithm_oid == SignatureAlgorithmOID.RSASSA_PSS or hash_alg is None:
+            raise UnsupportedAlgorithm("unsupported RSA signature algorithm")
+        key.verify(cert.signature, cert.tbs_certificate_bytes, padding.PKCS1v15(), hash_alg)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if hash_alg is None:
+            raise UnsupportedAlgorithm("ECDSA signature without hash")
+        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hash_alg))
+    elif isinstance(key, ed25519.Ed25519PublicKey):
+        key.verify(cert.signature, cert.tbs_certificate_bytes)
+    else:
+        raise TypeError("unsupported issuer key type")
