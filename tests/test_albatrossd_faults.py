@@ -359,7 +359,7 @@ def _fill(path: str) -> None:
 @pytest.fixture
 def tmpfs_dbdir(tmp_path):
     alb = Faulty(tmp_path)
-    _mount("-t", "tmpfs", "-o", "size=256k", "tmpfs", alb.dbdir)
+    _mount("-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", alb.dbdir)
     os.makedirs(os.path.join(alb.dbdir, "block"))
     yield alb
     alb.teardown()
