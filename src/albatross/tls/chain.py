@@ -618,8 +618,8 @@ class TlsStream:
             if self.eof or (e.args and e.args[0] in (-1, 0)):  # unexpected EOF
                 return b""
             raise
-        except SSL.Error:
-            if self.eof:  # OpenSSL 3: "unexpected eof while reading"
+        except SSL.Error as e:
+            if self.eof and "unexpected eof" in str(e).lower():  # not an alert that came before the EOF
                 return b""
             raise
 
