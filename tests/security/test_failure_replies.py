@@ -8,7 +8,7 @@ import pytest
 from albatross.wire import messages as m
 
 from system_fixtures import wait
-from sec_helpers import needs_privileges, image, system  # noqa: F401 - fixtures
+from sec_helpers import needs_privileges, image, bare, system  # noqa: F401 - fixtures
 
 pytestmark = needs_privileges
 

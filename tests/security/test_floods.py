@@ -22,7 +22,9 @@ pytestmark = needs_privileges
 # ------------------------------------------------------------------ row 8
 
 def test_silent_stats_initial_peer_does_not_freeze_albatrossd(system, image):
-    # any member of the group may say it is albatross-stats, then never answer
+    # any member of the group may say it is albatross-stats, then never answer (the real
+    # one is stopped first, or it would take the channel back when it reconnects)
+    system.stop("albatross-stats")
     silent = system.wired("albatrossd")
     silent.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     silent.send(":", m.StatsInitial())
