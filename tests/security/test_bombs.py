@@ -17,7 +17,9 @@ from albatross.wire import messages as m
 from albatross.wire.messages import Header, Wire
 from albatross.policy.names import Name
 
-from sec_helpers import peak_rss_mb
+from sec_helpers import needs_privileges, image, bare, system, peak_rss_mb  # noqa: F401 - fixtures
+
+pytestmark = needs_privileges
 from solo5_fixtures import build_image
 
 MiB = 1 << 20

@@ -8,6 +8,9 @@ import pytest
 from albatross.wire import messages as m
 
 from system_fixtures import wait
+from sec_helpers import needs_privileges, image, bare, system  # noqa: F401 - fixtures
+
+pytestmark = needs_privileges
 
 
 def ask(system, program: str, name: str, payload):

@@ -14,12 +14,17 @@ import pytest
 from albatross.wire import messages as m
 
 from system_fixtures import wait
+from sec_helpers import needs_privileges, image, bare, system  # noqa: F401 - fixtures
+
+pytestmark = needs_privileges
 
 
 # ------------------------------------------------------------------ row 8
 
 def test_silent_stats_initial_peer_does_not_freeze_albatrossd(system, image):
-    # any member of the group may say it is albatross-stats, then never answer
+    # any member of the group may say it is albatross-stats, then never answer (the real
+    # one is stopped first, or it would take the channel back when it reconnects)
+    system.stop("albatross-stats")
     silent = system.wired("albatrossd")
     silent.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     silent.send(":", m.StatsInitial())

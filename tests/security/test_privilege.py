@@ -18,8 +18,10 @@ from albatross.wire import FrameReader, decode_wire, encode_wire, frame
 from albatross.wire import messages as m
 from albatross.wire.messages import Wire
 
-from sec_helpers import nobody
+from sec_helpers import needs_privileges, image, bare, system, nobody  # noqa: F401 - fixtures
 from system_fixtures import BIN, TENDERS, wait
+
+pytestmark = needs_privileges
 
 SECRET = b"root-only secret\n"
 

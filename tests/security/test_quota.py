@@ -5,6 +5,9 @@ of its whole subtree (upstream 2.7.2 checks only the exact path)."""
 from __future__ import annotations
 
 import re
+from sec_helpers import needs_privileges, image, bare, system  # noqa: F401 - fixtures
+
+pytestmark = needs_privileges
 
 
 def running(system) -> list[str]:

@@ -45,7 +45,7 @@ MAX_PENDING = 1 << 20
 #: unsent bytes to one subscriber at which its unikernel's fifo is no longer read
 PAUSE_AT = 256 * 1024
 #: seconds a subscriber may take nothing while its unikernel's fifo is not read
-STALL_TIMEOUT = 1.0
+STALL_TIMEOUT = 3.0
 #: how often progress of congested subscribers is looked at
 STALL_TICK = 0.1
 #: bytes taken from a fifo per wake-up (split in 512-byte pieces like upstream)
