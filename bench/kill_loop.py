@@ -144,7 +144,7 @@ def main() -> None:
                     i += 1
 
             before = alb.state_names()
-            th = threading.Thread(target=loop)
+            th = threading.Thread(target=loop, daemon=True)
             th.start()
             time.sleep(rng.uniform(0.05, args.max_delay))  # a random moment (a bench, not a test)
             alb.daemon.kill()
@@ -166,7 +166,7 @@ def main() -> None:
             figures["leaked_fifos"] += len(set(os.listdir(os.path.join(alb.tmpdir, "fifo"))) - state)
             figures["leaked_images"] += len({f[:-4] for f in os.listdir(alb.tmpdir) if f.endswith(".img")} - state)
             rec_dir = os.path.join(alb.tmpdir, "tenders")
-            recs = {f for f in os.listdir(rec_dir) if not f.endswith(".destroyed")} if os.path.isdir(rec_dir) else set()
+            recs = {f[:-4] for f in os.listdir(rec_dir) if f.endswith(".rec")} if os.path.isdir(rec_dir) else set()
             figures["leaked_records"] += len(recs - state)
             for sent in NAMES:
                 name = ":" + sent

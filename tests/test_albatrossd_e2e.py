@@ -369,7 +369,10 @@ def test_sigterm_shutdown_and_restore(alb, image):
     assert os.listdir(os.path.join(alb.tmpdir, "fifo")) == []
     assert open(os.path.join(alb.dbdir, "state"), "rb").read() == before
     alb.start()
-    wait_for(lambda: len(alb.tenders()) == 2, what="both restored")
+    # the log line, not the process: taskset shows the image path before it execs the tender
+    wait_for(lambda: alb.read_log().count("created [unikernel: :a]") == 2
+             and alb.read_log().count("created [unikernel: :b]") == 2, timeout=60, what="both restored")
+    assert len(alb.tenders()) == 2
     assert open(os.path.join(alb.dbdir, "state.started"), "rb").read() == before
     log = alb.read_log()
     assert log.rindex("started [unikernel: :b]") < log.rindex("started [unikernel: :a]")

@@ -130,7 +130,8 @@ def check(alb: Faulty, present: set[str] = frozenset(), absent: set[str] = froze
     images = {f[:-4] for f in os.listdir(alb.tmpdir) if f.endswith(".img")}
     assert images == state, f"images {images}, state {state}"
     rec_dir = os.path.join(alb.tmpdir, "tenders")
-    records = {f for f in os.listdir(rec_dir) if not f.endswith(".destroyed")} if os.path.isdir(rec_dir) else set()
+    records = {f[:-4] for f in os.listdir(rec_dir) if f.endswith(".rec")} if os.path.isdir(rec_dir) else set()
+    assert not [f for f in os.listdir(rec_dir) if not f.endswith(".rec")] if os.path.isdir(rec_dir) else True
     assert records == state, f"tender records {records}, state {state}"
 
 
@@ -428,7 +429,7 @@ def test_read_only_dbdir(tmp_path, image):
         check(alb, {":a"}, {":b"})
         p = alb.client("destroy", "a", check=None)
         assert "destroyed unikernel, but failed to write the state" in p.stdout, p.stdout
-        assert os.path.join(alb.tmpdir, "tenders", ":a.destroyed") in p.stdout
+        assert os.path.join(alb.tmpdir, "destroyed", ":a") in p.stdout
         alb.stop(signal.SIGKILL)
         alb.start()  # on the read-only dbdir
         assert alb.live_tenders() == {}

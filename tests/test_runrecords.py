@@ -37,7 +37,7 @@ def test_record_round_trip(tmp_path):
     rec = R.TenderRecord(":a", "/t/:a.img", "/t/fifo/:a", "boot", ["vmmtap3"], [1, 2], 77, 99)
     rs.write(rec)
     assert rs.load() == [(rs.path(":a"), rec)]
-    (tmp_path / "tenders" / ":junk").write_bytes(b"{not json")
+    (tmp_path / "tenders" / ":junk.rec").write_bytes(b"{not json")
     loaded = dict(rs.load())
     assert loaded[rs.path(":junk")] is None
     rs.remove(":a")
@@ -113,9 +113,9 @@ def test_tombstones(tmp_path):
     assert path == str(db / "state.destroyed.:a") and err is None
     os.mkdir(db / "state.destroyed.:b")  # the dbdir refuses this one: the tmpdir gets it
     path, err = R.write_tombstone(str(db), str(tmp), ":b")
-    assert path == str(tmp / "tenders" / ":b.destroyed") and "state.destroyed.:b" in err
+    assert path == str(tmp / "destroyed" / ":b") and "state.destroyed.:b" in err
     os.rmdir(db / "state.destroyed.:b")
-    assert R.tombstones(str(db), [str(tmp)])[":b"] == str(tmp / "tenders" / ":b.destroyed")
+    assert R.tombstones(str(db), [str(tmp)])[":b"] == str(tmp / "destroyed" / ":b")
     R.clear_tombstones(str(db), [str(tmp)])
     assert R.tombstones(str(db), [str(tmp)]) == {}
 

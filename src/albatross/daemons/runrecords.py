@@ -5,7 +5,7 @@ runs per database directory and a new instance finds what a crashed one left.
   (holding the pid and the tmpdir of the holder).  The kernel drops the lock
   when its holder dies, so a stale file never blocks a start.
 * :class:`Records` -- one small JSON file per unikernel being created or
-  running, in ``TMPDIR/tenders/``, written (atomically) *before* each effect
+  running, ``TMPDIR/tenders/NAME.rec``, written (atomically) *before* each effect
   it describes: before the first file or tap of a create exists, before each
   tap is added, before the tender is spawned (with the inode of its console
   fifo) and after (with its pid and its start time from ``/proc/PID/stat``).
@@ -20,7 +20,7 @@ runs per database directory and a new instance finds what a crashed one left.
   tenders are restarted from the state file, not adopted: a new albatrossd
   cannot wait for the exit status of a process that is not its child.
 * Tombstones -- ``DBDIR/state.destroyed.NAME`` (or, if the dbdir refuses,
-  ``TMPDIR/tenders/NAME.destroyed``): an empty file created when a destroy
+  ``TMPDIR/destroyed/NAME``): an empty file created when a destroy
   killed a tender but the state file could not be written; the unikernel is
   not restored at the next start.  Every successful state write removes them.
 * :class:`CrashPoints` -- test-only fault injection: with
@@ -47,8 +47,9 @@ log = logging.getLogger("albatross.vmmd")
 
 LOCK_FILE = "albatrossd.lock"
 RECORDS_DIR = "tenders"
+RECORD_SUFFIX = ".rec"  # temporary files end in .tmp: no unikernel name makes one look like the other
 TOMBSTONE_PREFIX = "state.destroyed."
-TOMBSTONE_SUFFIX = ".destroyed"
+TOMBSTONE_DIR = "destroyed"
 
 
 # --------------------------------------------------------------------------
@@ -216,7 +217,7 @@ class Records:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
 
     def path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
+        return os.path.join(self.dir, name + RECORD_SUFFIX)
 
     def write(self, rec: TenderRecord) -> None:
         """Raises OSError."""
@@ -246,7 +247,7 @@ class Records:
                 except OSError:
                     pass
                 continue
-            if f.endswith(TOMBSTONE_SUFFIX):
+            if not f.endswith(RECORD_SUFFIX):
                 continue
             try:
                 with open(path, "rb") as fh:
@@ -263,7 +264,7 @@ class Records:
 
 def tombstone_paths(dbdir: str, tmpdir: str, name: str) -> tuple[str, str]:
     return (os.path.join(dbdir, TOMBSTONE_PREFIX + name),
-            os.path.join(tmpdir, RECORDS_DIR, name + TOMBSTONE_SUFFIX))
+            os.path.join(tmpdir, TOMBSTONE_DIR, name))
 
 
 def write_tombstone(dbdir: str, tmpdir: str, name: str) -> tuple[str | None, str | None]:
@@ -296,11 +297,10 @@ def tombstones(dbdir: str, tmpdirs: list[str]) -> dict[str, str]:
     except OSError:
         pass
     for tmpdir in tmpdirs:
-        d = os.path.join(tmpdir, RECORDS_DIR)
+        d = os.path.join(tmpdir, TOMBSTONE_DIR)
         try:
             for f in os.listdir(d):
-                if f.endswith(TOMBSTONE_SUFFIX):
-                    found.setdefault(f[:-len(TOMBSTONE_SUFFIX)], os.path.join(d, f))
+                found.setdefault(f, os.path.join(d, f))
         except OSError:
             pass
     return found
