@@ -617,7 +617,7 @@ def test_crash_loop_backs_off_and_gives_up(backoff, image):
     alb = backoff("--restart-delay", "0.05", "--restart-max-delay", "0.2", "--restart-max", "4")
     alb.client("create", "crash", image, "--restart-on-fail", "--arg", "exit", "--arg", "2")
     # (each run of the stand-in tender, a python program, may take seconds on a loaded machine)
-    wait_for(lambda: "giving up" in alb.read_log(), timeout=120, what="give-up")
+    wait_for(lambda: "]: giving up" in alb.read_log(), timeout=120, what="give-up")
     log = alb.read_log()
     # failures 1-3 were restarted after 0.05, 0.1, 0.2 s; the 4th gave up
     assert [ln.split("restarting in ")[1] for ln in log.splitlines() if "restarting in" in ln] == \
@@ -660,7 +660,8 @@ def test_upstream_immediate_restart_reachable(backoff, image):
     alb.client("destroy", "crash", check=None)
     wait_for(lambda: "crash" not in alb.client("info").stdout and not alb.tenders(), what="destroyed")
     log = alb.read_log()
-    assert "restarting in" not in log and "giving up" not in log
+    assert "restarting in" not in log and "]: giving up" not in log
+    assert "restart on failure: at once, never giving up (as upstream)" in log
     assert "restarting [unikernel: :crash] (exited with exit 2)" in log
 
 

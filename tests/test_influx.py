@@ -239,9 +239,11 @@ def test_influx_waits_for_stats_socket(tmp_path):
     listener = LineListener()
     d = influx_daemon(tmp_path, tmpdir, "--influx", f"127.0.0.1:{listener.port}")
     try:
-        time.sleep(1.0)
-        assert d.alive()
+        deadline = time.monotonic() + 30
+        while "error connecting to socket" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert "error connecting to socket" in d.log()
+        assert d.alive()
     finally:
         d.stop()
         listener.close()

@@ -451,7 +451,7 @@ def test_a_stalled_console_subscriber_stalls_nobody(system, image):
     # unikernel's console back (as upstream) until it is dropped for taking nothing
     system.client("create", "loud", image, "--arg=spam 100000", "--arg=print done", "--arg=forever")
     other = system.stream("console", "loud", "--count", "5")
-    got = other.until(console_line("done"), timeout=60)
+    got = other.until(console_line("done"), timeout=240)  # 100,000 lines on a loaded machine
     other.until(r"tick 3")
     assert "took nothing for" in system.log("albatross-console")
     # a subscriber that reads, even slower than the unikernel prints, loses nothing
