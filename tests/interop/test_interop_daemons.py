@@ -7,6 +7,7 @@ brought back on real tenders."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -33,6 +34,13 @@ def test_mixed_daemons(make_host, vmmd):
     s = h.stream(helpers, "console", "t")
     s.until(r"tick 2$", timeout=20)
     s.close()
+    # Ctrl-C on console: ours exits 130 without a word, upstream's dies of the signal
+    for impl, code in (("ours", 130), ("upstream", -signal.SIGINT)):
+        c = h.stream(impl, "console", "t")
+        c.until(r"tick \d+$", timeout=20)
+        c.p.send_signal(signal.SIGINT)
+        assert c.p.wait(10) == code, impl
+        assert all(line.startswith("console ") for line in c.rest()), impl
     # statistics of the tender, gathered by the other implementation's albatross-stats
     st = h.stream(helpers, "stats", "--name", "t")
     lines = st.until(r"utime \d+\.\d{6} stime", timeout=30)
