@@ -1,6 +1,6 @@
 """Build minimal Solo5 unikernel images (ELF64) for tests.
 
-The images are never executed: they only carry what tenders and albatrossd
+The built images are never executed: they only carry what tenders and albatrossd
 read, following solo5.md §3: ELF header (ET_EXEC, x86_64, entry 0x100020),
 program headers PT_INTERP "/nonexistent/solo5/", PT_LOAD, and two PT_NOTE
 segments (ABI note aligned 4, manifest note aligned 8), plus matching section
