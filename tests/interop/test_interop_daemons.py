@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from interop_harness import BOTH, solo5_image
+from interop.interop_harness import BOTH, solo5_image
 from system_fixtures import wait
 
 DEV = solo5_image("test_exit_dev")

@@ -17,7 +17,7 @@ from albatross.policy.names import Name
 from albatross.wire import FrameReader, decode_wire, encode_wire, frame
 from albatross.wire import messages as m
 
-from interop_harness import Host
+from interop.interop_harness import Host
 
 
 class ScriptedVmmd:

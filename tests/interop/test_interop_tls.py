@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from interop_harness import BOTH, free_port, solo5_image
+from interop.interop_harness import BOTH, free_port, solo5_image
 from system_fixtures import wait
 
 EXIT = solo5_image("test_exit")
