@@ -1,6 +1,6 @@
 """Build minimal Solo5 unikernel images (ELF64) for tests.
 
-The images are never executed: they only carry what tenders and albatrossd
+The built images are never executed: they only carry what tenders and albatrossd
 read, following solo5.md §3: ELF header (ET_EXEC, x86_64, entry 0x100020),
 program headers PT_INTERP "/nonexistent/solo5/", PT_LOAD, and two PT_NOTE
 segments (ABI note aligned 4, manifest note aligned 8), plus matching section
@@ -55,6 +55,35 @@ def real_tender_path(target: str = "hvt") -> str | None:
 
 def have_command(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+_STAND_IN_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tender", "bin")
+
+
+class E2eTender:
+    """The tender end-to-end tests run: the real solo5-hvt/solo5-spt with Solo5's
+    test_exit unikernels when ../shared/solo5 and KVM are there, else the stand-in
+    (tests/tender/) with built images.  Both understand the unikernel arguments
+    ``forever`` (prints ``tick N`` lines until killed) and ``sleep S CODE``, and
+    both end with ``Solo5: solo5_exit(CODE) called``."""
+
+    def __init__(self, target: str = "hvt"):
+        self.target = target
+        self.why_not_real = real_tender_missing(target)
+        self.real = self.why_not_real is None
+        self.kind = "real" if self.real else "stand-in"
+        self.bin = SOLO5_BIN if self.real else _STAND_IN_BIN
+
+    def path_env(self, base: str | None = None) -> str:
+        return f"{self.bin}:{base if base is not None else os.environ.get('PATH', '/usr/bin:/bin')}"
+
+    def image(self, directory, devices: bool = False) -> str:
+        """An image without devices, or with net ``service`` and block ``storage``."""
+        if self.real:
+            return real_image("test_exit_dev" if devices else "test_exit", self.target)
+        path = os.path.join(str(directory), f"e2e{'-dev' if devices else ''}.{self.target}")
+        write_image(path, target=self.target, devices=DEFAULT_DEVICES if devices else ())
+        return path
 
 TARGET_CODES = {"hvt": 1, "spt": 2, "virtio": 3, "muen": 4, "genode": 5, "xen": 6}
 TYPE_CODES = {"BLOCK_BASIC": 1, "NET_BASIC": 2}

@@ -247,7 +247,7 @@ def test_sign_policy_csr_gives_sub_ca(cwd, capsys):
     cmd = m.PolicyAdd(USER_POLICY)
     assert client("sign", "cacert.pem", "db", "ca.key", csr_file("user", cmd)) == 0
     out = capsys.readouterr().out
-    assert "signing certificate with subject CN=user" in out and "signing policy add" in out
+    assert "signing certificate with subject /CN=user" in out and "signing policy add" in out
     certs = load("user.pem")
     assert len(certs) == 1  # the root CA is self-signed: not appended
     (sub,) = certs

@@ -288,17 +288,23 @@ def wire(w: m.Wire, verbose: bool = False) -> str:
 MARGIN = 78
 
 
-def fill(parts: list[str], column: int = 0, margin: int = MARGIN) -> str:
+def fill(parts: list[str], column: int = 0, margin: int = MARGIN, last_breaks: bool = False) -> str:
     """Join ``parts`` with spaces, breaking lines as OCaml's Format does for a
     box opened at ``column`` whose break hints (``@ ``) separate the parts: a
     hint becomes a newline (indented to ``column``) when the next part would
     not fit before the margin (a line reaching the margin counts as too long,
-    like Format's look-ahead).  Lengths are in bytes, as in OCaml."""
+    like Format's look-ahead).  Lengths are in bytes, as in OCaml.
+
+    ``last_breaks``: the last hint always becomes a newline.  Format does so
+    for the elements after the first of a list printed with ``@.`` between
+    them (upstream's list replies): ``@.`` flushes and closes every box, so
+    the later elements sit in no box of their own, and a hint whose look-ahead
+    is still open at the final flush counts as infinitely long."""
     out = [parts[0]]
     col = column + len(parts[0].rsplit("\n", 1)[-1].encode())
-    for part in parts[1:]:
+    for k, part in enumerate(parts[1:], 2):
         n = len(part.encode())
-        if col + 1 + n >= margin:
+        if col + 1 + n >= margin or (last_breaks and k == len(parts)):
             out.append("\n" + " " * column + part)
             col = column + n
         else:
@@ -310,7 +316,7 @@ def fill(parts: list[str], column: int = 0, margin: int = MARGIN) -> str:
 def wire_wrapped(w: m.Wire, verbose: bool = False, column: int = 0) -> str:
     """``w`` exactly as upstream's client prints it (wrapped at the margin)."""
     boxes = _wire_boxes(w, verbose)
-    return "\n".join(fill(box, column if k == 0 else 0) for k, box in enumerate(boxes))
+    return "\n".join(fill(box, column) if k == 0 else fill(box, last_breaks=True) for k, box in enumerate(boxes))
 
 
 def config_wrapped(prefix: str, c: UnikernelConfig, verbose: bool = False) -> str:

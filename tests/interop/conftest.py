@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:
-    sys.path.insert(0, HERE)
+from interop.interop_harness import Host, interop_missing
+from system_fixtures import delete_netns, make_netns, missing_privileges
 
-from interop_harness import Host, interop_missing  # noqa: E402
-from system_fixtures import delete_netns, make_netns, missing_privileges  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 #: ALBATROSS_INTEROP_WRAP="albatrossd=/path/to/wrapper" runs a daemon through a wrapper
 #: (tests/interop/corrupt_reply.py shows that the suite fails when a reply is corrupted)

@@ -98,7 +98,8 @@ class Host:
             os.unlink(self.sock(program))
         argv = [exe(impl, program), "--tmpdir", self.tmpdir, "-vv", *args]
         if program in self.wrap:
-            argv = [self.wrap[program], *argv]
+            w = self.wrap[program]
+            argv = [*([sys.executable] if w.endswith(".py") else []), w, *argv]
         if self.netns and program == "albatrossd":
             argv = ["ip", "netns", "exec", self.netns, *argv]
         with open(self.log_path(program), "a") as log:

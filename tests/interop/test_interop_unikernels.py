@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from interop_harness import BOTH, Host, solo5_image
+from interop.interop_harness import BOTH, Host, solo5_image
 from system_fixtures import wait
 
 FAILED = 117  # upstream's exit code for a command the daemon refused

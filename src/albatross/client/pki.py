@@ -37,7 +37,9 @@ def sign(cacert: str, db: str, cakey: str, csr_file: str, days: int | None) -> i
         certs = pki.load_certs(cacert)
         ca_key = pki.load_key(cakey)
         csr = pki.load_csr(csr_file)
-        app(f"signing certificate with subject {csr.subject.rfc4514_string()}")
+        # upstream prints the subject in OpenSSL's one-line form: /CN=name
+        app("signing certificate with subject "
+            + "".join("/" + rdn.rfc4514_string() for rdn in csr.subject.rdns))
         signed = pki.sign_csr(certs[0], ca_key, csr, days)
         for w in signed.warnings:
             warn(w)
