@@ -35,7 +35,8 @@ def secret_file(tmp_path) -> str:
 
 def refuses_to_start(system, why: str) -> str:
     """albatrossd exits at start with a message matching ``why``; returns its log."""
-    system.start_console()
+    if not system.alive("albatross-console"):  # a second call must not leak the first console
+        system.start_console()
     log_path = system.log_path("albatrossd")
     res = subprocess.run([os.path.join(BIN, "albatrossd"), "--tmpdir", system.tmpdir, "--dbdir", system.dbdir],
                          capture_output=True, text=True, timeout=60, env=system.env)
