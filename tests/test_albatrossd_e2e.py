@@ -370,8 +370,8 @@ def test_sigterm_shutdown_and_restore(alb, image):
     assert open(os.path.join(alb.dbdir, "state"), "rb").read() == before
     alb.start()
     # the log line, not the process: taskset shows the image path before it execs the tender
-    wait_for(lambda: alb.read_log().count("created [unikernel: :a]") == 2
-             and alb.read_log().count("created [unikernel: :b]") == 2, timeout=60, what="both restored")
+    wait_for(lambda: alb.read_log().count("started [unikernel: :a]: pid") == 2
+             and alb.read_log().count("started [unikernel: :b]: pid") == 2, timeout=60, what="both restored")
     assert len(alb.tenders()) == 2
     assert open(os.path.join(alb.dbdir, "state.started"), "rb").read() == before
     log = alb.read_log()

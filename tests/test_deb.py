@@ -6,7 +6,7 @@ throwaway root works there:
   and Debian's python3-* libraries included) with a tmpfs on top, mounted in
   a private mount namespace: nothing of the installation reaches the machine
   (no user albatross, no files), and it is gone when the test ends;
-* postinst creates the user and group albatross and /var/lib/albatross/block;
+* postinst creates the user and group albatross and /var/lib/albatross/block (root only);
 * the installed units pass ``systemd-analyze verify`` against the installed
   programs; the man pages and the bash completion are where man and
   bash-completion look;
@@ -199,8 +199,9 @@ def test_postinst_creates_user_group_and_dbdir(installed):
     assert pw[3] == gr[2] and pw[6] == "/usr/sbin/nologin" and pw[5] == "/nonexistent"
     assert int(pw[2]) < 1000  # a system user
     out = installed.ok("stat", "-c", "%a %U %G", "/var/lib/albatross", "/var/lib/albatross/block").split("\n")
-    assert out[0].split()[1:] == ["albatross", "albatross"]
-    assert out[1] == "700 albatross albatross"
+    # root's alone: the albatross user must not reach the state, block devices or tenders
+    assert out[0] == "700 root root"
+    assert out[1] == "700 root root"
     # nothing of it on this machine
     assert host_user() == installed.host_user
     assert not Path("/usr/libexec/albatross/albatrossd").exists()
@@ -305,7 +306,7 @@ def test_socket_activated_daemons_answer_the_client(installed, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr + (tmp_path / "albatross_console.service.log").read_text()
     for argv in unit_exec(root, "albatross_daemon.service", "ExecStartPre"):
         root.ok(*argv)
-    assert root.ok("stat", "-c", "%a %U %G", "/run/albatross/fifo").strip() == "2770 root albatross"
+    assert root.ok("stat", "-c", "%a %U %G", "/run/albatross/fifo").strip() == "2750 root albatross"
     activate(root, "albatross_daemon.service", tmp_path)
     res = root.run("albatross-client", "info", timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr + (tmp_path / "albatross_daemon.service.log").read_text()
