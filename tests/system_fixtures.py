@@ -169,7 +169,42 @@ class Wired:
         self.close()
 
 
-class System:
+class Processes:
+    """What a harness needs to find its tenders and stop everything: it has
+    ``tmpdir`` (images live there), ``streams``, ``procs`` (stopped in
+    ``order``) and ``stop(program)``."""
+
+    order: tuple[str, ...] = ORDER
+
+    def tenders(self) -> list[psutil.Process]:
+        """Tender processes running an image of this system (it lives in our tmpdir)."""
+        out = []
+        for p in psutil.process_iter(["cmdline"]):
+            cmd = p.info["cmdline"] or []
+            if any(a.startswith(self.tmpdir + "/") and a.endswith(".img") for a in cmd):
+                out.append(p)
+        return out
+
+    def teardown(self) -> None:
+        for s in self.streams:
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001
+                pass
+        for program in self.order:
+            if program in self.procs:
+                try:
+                    self.stop(program)
+                except AssertionError:
+                    pass
+        for p in self.tenders():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+
+
+class System(Processes):
     """albatross-console, albatrossd, albatross-stats (and albatross-influx) together."""
 
     def __init__(self, base, netns: str | None = None):
@@ -263,33 +298,6 @@ class System:
 
     def wired(self, program: str) -> Wired:
         return Wired(self.sock(program))
-
-    def tenders(self) -> list[psutil.Process]:
-        """Tender processes running an image of this system (it lives in our tmpdir)."""
-        out = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if any(a.startswith(self.tmpdir + "/") and a.endswith(".img") for a in cmd):
-                out.append(p)
-        return out
-
-    def teardown(self) -> None:
-        for s in self.streams:
-            try:
-                s.close()
-            except Exception:  # noqa: BLE001
-                pass
-        for program in ORDER:
-            if program in self.procs:
-                try:
-                    self.stop(program)
-                except AssertionError:
-                    pass
-        for p in self.tenders():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
 
 
 def make_netns(bridge: str = "service") -> str:

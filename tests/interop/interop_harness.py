@@ -17,10 +17,8 @@ import socket
 import subprocess
 import sys
 
-import psutil
-
 from solo5_fixtures import SHARED, SOLO5_BIN, SOLO5_TESTS, real_tender_missing
-from system_fixtures import Stream, accepts, missing_privileges, wait
+from system_fixtures import Processes, Stream, accepts, missing_privileges, wait
 
 UPSTREAM = os.path.join(SHARED, "upstream")
 UPSTREAM_BIN = os.path.join(UPSTREAM, "bin")
@@ -58,8 +56,10 @@ def exe(impl: str, program: str) -> str:
     return os.path.join(IMPLS[impl], program)
 
 
-class Host:
+class Host(Processes):
     """A tmpdir/dbdir with daemons of either implementation."""
+
+    order = ORDER
 
     def __init__(self, base, wrap: dict[str, str] | None = None, netns: str | None = None):
         self.base = base
@@ -163,33 +163,6 @@ class Host:
 
     def infos(self, impl: str = "ours", name: str | None = None) -> str:
         return self.client(impl, "info", *(["--name", name] if name else []))
-
-    def tenders(self) -> list[psutil.Process]:
-        """Tender processes of this host (their image lives in our tmpdir)."""
-        out = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info["cmdline"] or []
-            if any(a.startswith(self.tmpdir + "/") and a.endswith(".img") for a in cmd):
-                out.append(p)
-        return out
-
-    def teardown(self) -> None:
-        for s in self.streams:
-            try:
-                s.close()
-            except Exception:  # noqa: BLE001
-                pass
-        for program in ORDER:
-            if program in self.procs:
-                try:
-                    self.stop(program)
-                except AssertionError:
-                    pass
-        for p in self.tenders():
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
 
 
 def _tcp_accepts(port: int) -> bool:
