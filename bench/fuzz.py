@@ -34,7 +34,6 @@ import os
 import random
 import re
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -102,7 +101,7 @@ def state_seeds() -> list[bytes]:
 
 def socket_messages():
     """Valid messages of every kind the three sockets serve."""
-    from albatross.core import Policy, UnikernelConfig, NetDevice, BlockDevice
+    from albatross.core import Policy, UnikernelConfig, NetDevice
     from albatross.policy.names import Name
     from albatross.wire import messages as m
     from albatross.wire.messages import Header, Wire
